@@ -1,0 +1,238 @@
+"""Checkpoints in the Hugging Face layout: ``model.safetensors`` + ``config.json``.
+
+A checkpoint folder may also hold ``training_state.safetensors`` / ``training_state.json`` (raw
+weights, optimizer moments and counters for resuming), ``training_log.csv``, ``evaluation.json`` and
+``samples.png``.  Every write goes to a temporary file that is renamed into place; nothing is ever
+unpickled.  Sources are a local folder or a Hub repo id (through huggingface_hub), with a fallback to
+the folder shipped in ``checkpoints/`` when the Hub cannot be reached.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .schedules import NoiseSchedule, ScheduleConfig
+from .unet import UNetConfig, build_unet
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+STATE_NAME = "training_state.safetensors"
+STATE_CONFIG_NAME = "training_state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"  # Adam moments: large, not shipped; resume works without them
+LOG_NAME = "training_log.csv"
+REQUIRED_KEYS = ("format_version", "model", "schedule")
+OPTIONAL_KEYS = ("library", "preset", "training", "weights_dtype", "description", "data")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_DIR = REPO_ROOT / "checkpoints"
+DEFAULT_MODEL = "default"
+#: Where the shipped models live on the Hub; the offline fallback is checkpoints/<name>.
+HUB_REPOS = {"default": "pathmnist-studio/ddpm-pathmnist", "seed": "pathmnist-studio/ddpm-pathmnist-seed"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt or does not match its config; the message says which file and what to do."""
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    model_config: UNetConfig
+    schedule_config: ScheduleConfig
+    config: dict[str, Any]
+    source: str  # where it was loaded from, in words
+    path: Path | None = None  # local folder the files were read from
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.from_config(self.schedule_config)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def make_config(model_config: UNetConfig, schedule_config: ScheduleConfig, **extra: Any) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, "library": "ddpm", "model": model_config.to_dict(),
+            "schedule": schedule_config.to_dict(), **extra}
+
+
+def save_checkpoint(folder: str | os.PathLike, model: nn.Module, config: dict[str, Any],
+                    weights_dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``model.safetensors`` (in ``weights_dtype``) and ``config.json`` into ``folder`` atomically."""
+    folder = Path(folder)
+    state = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    atomic_save_tensors(state, folder / WEIGHTS_NAME, metadata={"format": "pt"})
+    atomic_write_json(folder / CONFIG_NAME, {**config, "weights_dtype": str(weights_dtype).removeprefix("torch.")})
+    return folder
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """config.json of a checkpoint folder, validated: every required key present, no unknown key."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: a checkpoint folder needs {CONFIG_NAME} beside {WEIGHTS_NAME}. "
+                              "Re-download the checkpoint or save it again with ddpm.")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the file is corrupt: re-download or re-save it.") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, found {type(config).__name__}.")
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    unknown = sorted(set(config) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+    if missing or unknown:
+        raise CheckpointError(f"{path}: missing keys {missing}, unknown keys {unknown}; expected {list(REQUIRED_KEYS)} "
+                              f"and optionally {list(OPTIONAL_KEYS)}. Was it written by another tool or a newer ddpm?")
+    if config["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {config['format_version']} is not supported (this ddpm reads "
+                              f"{FORMAT_VERSION}); upgrade ddpm or re-save the checkpoint.")
+    return config
+
+
+def configs_from(config: dict[str, Any], path: Path) -> tuple[UNetConfig, ScheduleConfig]:
+    try:
+        return UNetConfig.from_dict(config["model"]), ScheduleConfig.from_dict(config["schedule"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path / CONFIG_NAME}: invalid model or schedule section: {err}") from err
+
+
+def load_state_dict_checked(model: nn.Module, path: Path) -> None:
+    """Load safetensors weights into ``model`` (cast to its dtype), with errors that name the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; re-download the checkpoint or train one with `python -m ddpm train`.")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err}); it is corrupt or truncated: "
+                              "re-download it or save the checkpoint again.") from err
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        details = "; ".join(filter(None, [
+            f"missing tensors {missing[:4]}{'…' if len(missing) > 4 else ''}" if missing else "",
+            f"unexpected tensors {unexpected[:4]}{'…' if len(unexpected) > 4 else ''}" if unexpected else "",
+            f"wrong shapes {wrong[:3]}{'…' if len(wrong) > 3 else ''}" if wrong else ""]))
+        raise CheckpointError(f"{path} does not match the network in {path.parent / CONFIG_NAME} ({details}). "
+                              "The weights and config come from different models: use the config.json saved with these weights.")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def load_local(folder: str | os.PathLike, source: str | None = None) -> Checkpoint:
+    """A checkpoint from a local folder; weights are restored to float32 whatever their storage dtype."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder; a checkpoint is a folder with {CONFIG_NAME} and {WEIGHTS_NAME}.")
+    config = read_config(folder)
+    model_config, schedule_config = configs_from(config, folder)
+    model = build_unet(model_config)
+    load_state_dict_checked(model, folder / WEIGHTS_NAME)
+    model.eval()
+    return Checkpoint(model, model_config, schedule_config, config, source or f"local folder {folder}", folder)
+
+
+def looks_like_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def download_from_hub(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Fetch config.json and model.safetensors of a Hub model repo; returns the local snapshot folder."""
+    from huggingface_hub import hf_hub_download
+
+    path = None
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        path = hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir)
+    return Path(path).parent
+
+
+def load_checkpoint(source: str | os.PathLike | None = None, revision: str | None = None,
+                    cache_dir: str | os.PathLike | None = None) -> Checkpoint:
+    """Load a checkpoint from a local folder, a shipped model name or a Hub repo id.
+
+    ``None`` or a shipped name ("default", "seed") tries the Hub repo in HUB_REPOS first and falls back
+    to ``checkpoints/<name>`` offline; a repo id that cannot be reached is an error unless a shipped
+    model is published under it.  ``Checkpoint.source`` says which was used.
+    """
+    source = str(source) if source is not None else DEFAULT_MODEL
+    if Path(source).expanduser().is_dir():
+        return load_local(Path(source).expanduser())
+    shipped = source if source in HUB_REPOS else next((k for k, v in HUB_REPOS.items() if v == source), None)
+    repo_id = HUB_REPOS.get(source, source)
+    if not looks_like_repo_id(repo_id):
+        raise CheckpointError(f"{source!r} is neither a checkpoint folder, a shipped model {sorted(HUB_REPOS)}, "
+                              "nor a Hub repo id like 'owner/name'.")
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        folder = download_from_hub(repo_id, revision, cache_dir)
+        return load_local(folder, source=f"Hugging Face Hub {repo_id}" + (f"@{revision}" if revision else ""))
+    except CheckpointError:
+        raise
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
+        hub_error = f"the Hub has no checkpoint at {repo_id} ({type(err).__name__})"
+    except Exception as err:  # offline, DNS, timeout, proxy: anything that keeps us from the Hub
+        hub_error = f"the Hub could not be reached for {repo_id} ({type(err).__name__})"
+    if shipped is None:
+        raise CheckpointError(f"{hub_error}; pass a local checkpoint folder or check the repo id and your connection.")
+    local = SHIPPED_DIR / shipped
+    if not (local / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"{hub_error}, and no shipped copy is in {local}: no '{shipped}' model is shipped yet. "
+                              f"Train one with `python -m ddpm train --preset small --out {local}`.")
+    ckpt = load_local(local, source=f"shipped copy {local} ({hub_error})")
+    ckpt.warnings.append(hub_error)
+    return ckpt
+
+
+def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
+                commit_message: str = "Upload ddpm checkpoint") -> str:
+    """Create ``repo_id`` on the Hub if needed and upload the checkpoint folder; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    read_config(folder)  # refuse to publish a folder that would not load
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                             allow_patterns=["*.safetensors", "*.json", "*.csv", "*.png", "*.md"],
+                             ignore_patterns=[STATE_NAME, STATE_CONFIG_NAME, OPTIMIZER_NAME])
+    return str(getattr(info, "commit_url", info))

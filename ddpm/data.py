@@ -1,0 +1,184 @@
+"""PathMNIST: loading through medmnist, the bundled real subset, and pixel-range conversions.
+
+Images are kept as one uint8 tensor (N, 3, H, W) in memory and scaled to [-1, 1] per batch; there
+is no per-image PIL transform anywhere on the training path.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: PathMNIST's tissue classes (medmnist.INFO["pathmnist"]["label"], NCT-CRC-HE-100K).
+CLASS_NAMES: tuple[str, ...] = (
+    "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
+    "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium",
+)
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SPLIT_SIZES = {"train": 89_996, "val": 10_004, "test": 7_180}
+SIZES: tuple[int, ...] = (28, 64, 128, 224)
+DATA_DIR_ENV = "DDPM_DATA_DIR"
+SUBSET_PATH = Path(__file__).parent / "assets" / "pathmnist_subset.npz"
+DATA_CREDIT = (
+    "PathMNIST (MedMNIST v2, Yang et al. 2023, CC BY 4.0), derived from NCT-CRC-HE-100K and CRC-VAL-HE-7K "
+    "(Kather et al. 2019)."
+)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The PathMNIST file is not where we looked; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: torch.Tensor  # (N, 3, H, W) uint8
+    labels: torch.Tensor  # (N,) int64, index into CLASS_NAMES
+    source: str  # human-readable: which file or subset these came from
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def default_data_dir() -> Path:
+    """``$DDPM_DATA_DIR`` if set, else medmnist's default root (``~/.medmnist``)."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+    return Path("~/.medmnist").expanduser()
+
+
+def npz_name(size: int = 28) -> str:
+    return "pathmnist.npz" if size == 28 else f"pathmnist_{size}.npz"
+
+
+def _missing_message(root: Path, size: int) -> str:
+    from medmnist import INFO  # lazy: medmnist is not needed to train from a tensor
+
+    flag = "" if size == 28 else f"_{size}"
+    return (
+        f"PathMNIST file {root / npz_name(size)} not found. Either run "
+        f"`python -m ddpm download --data-dir {root}{'' if size == 28 else f' --size {size}'}` (needs internet), "
+        f"or download {INFO['pathmnist']['url' + flag]} (md5 {INFO['pathmnist']['MD5' + flag]}) and put it in {root}, "
+        f"or point --data-dir / ${DATA_DIR_ENV} at the folder that holds it."
+    )
+
+
+def load_pathmnist(split: str = "train", data_dir: str | os.PathLike | None = None, size: int = 28) -> ImageSet:
+    """One split of PathMNIST read by medmnist's own loader (cached per process).
+
+    Raises DataNotFoundError with download instructions when the file is absent.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size}")
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    return _load_cached(split, str(root.resolve()), size)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(split: str, root: str, size: int) -> ImageSet:
+    if not (Path(root) / npz_name(size)).is_file():
+        raise DataNotFoundError(_missing_message(Path(root), size))
+    import medmnist
+
+    ds = medmnist.PathMNIST(split=split, root=root, size=size, download=False)
+    return ImageSet(to_chw_tensor(ds.imgs), torch.from_numpy(ds.labels.reshape(-1).astype(np.int64)),
+                    f"PathMNIST {split} ({Path(root) / npz_name(size)})")
+
+
+def download_pathmnist(data_dir: str | os.PathLike | None = None, size: int = 28) -> Path:
+    """Download PathMNIST with medmnist (md5-checked) into ``data_dir``; returns the file's path."""
+    import medmnist
+
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    medmnist.PathMNIST(split="val", root=str(root), size=size, download=True)
+    return root / npz_name(size)
+
+
+def load_subset() -> ImageSet:
+    """The real patches shipped with the package: a class-stratified sample of the training split."""
+    with np.load(SUBSET_PATH) as f:
+        return ImageSet(to_chw_tensor(f["images"]), torch.from_numpy(f["labels"].astype(np.int64)),
+                        f"bundled subset of the PathMNIST training split ({SUBSET_PATH.name}, {len(f['labels'])} patches)")
+
+
+def load_images(split: str = "train", data_dir: str | os.PathLike | None = None, size: int = 28,
+                allow_subset: bool = True) -> tuple[ImageSet, str | None]:
+    """The requested split, or the bundled subset when the full file is missing.
+
+    Returns (images, warning): warning is None when the full split was loaded, else says why the
+    subset is used, so callers can show it rather than hide it.
+    """
+    try:
+        return load_pathmnist(split, data_dir, size), None
+    except DataNotFoundError as err:
+        if not allow_subset or size != 28:
+            raise
+        return load_subset(), f"{err} Using the {len(load_subset())} bundled training patches instead."
+
+
+def make_subset(images: np.ndarray, labels: np.ndarray, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A class-stratified random sample: ``per_class`` images of each label, in a shuffled order."""
+    rng = np.random.default_rng(seed)
+    labels = labels.reshape(-1)
+    idx = np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in np.unique(labels)])
+    rng.shuffle(idx)
+    return images[idx], labels[idx]
+
+
+def to_chw_tensor(images_hwc: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 array -> contiguous (N, 3, H, W) uint8 tensor."""
+    if images_hwc.ndim == 3:  # grayscale MedMNIST sets
+        images_hwc = images_hwc[..., None].repeat(3, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(images_hwc.transpose(0, 3, 1, 2)))
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] (B, 3, H, W) -> uint8 [0, 255], same layout."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def to_hwc_numpy(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) float [-1, 1] or uint8 -> (B, H, W, 3) uint8 numpy, the layout of files and figures."""
+    if images.dtype != torch.uint8:
+        images = to_uint8(images)
+    return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def dihedral_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random element of the dihedral group D4 (flips and 90° rotations) per image. x: (B, C, H, H)."""
+    flips = torch.rand(3, x.shape[0], 1, 1, 1, generator=generator, device="cpu").lt(0.5).to(x.device)
+    x = torch.where(flips[0], x.flip(3), x)
+    x = torch.where(flips[1], x.flip(2), x)
+    return torch.where(flips[2], x.transpose(2, 3), x)
+
+
+def image_grid(images_hwc: np.ndarray, ncols: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
+    """Tile (N, H, W, 3) uint8 images into one (rows·(H+pad)+pad, cols·(W+pad)+pad, 3) array."""
+    n, h, w, c = images_hwc.shape
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncols))
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), pad_value, dtype=np.uint8)
+    for i, img in enumerate(images_hwc):
+        r, col = divmod(i, ncols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+    return grid
+
+
+def save_png(array_hwc: np.ndarray, path: str | os.PathLike, scale: int = 1) -> None:
+    from PIL import Image
+
+    img = Image.fromarray(array_hwc)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img.save(path)

@@ -1,0 +1,1 @@
+"""Evaluation of generated PathMNIST patches: a tissue encoder, distribution metrics, memorization."""

@@ -1,0 +1,98 @@
+"""Glue between a model and a sampler: batched generation and whole trajectories.
+
+Both consume ``samplers.sample_progressive``; nothing here is math.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import to_hwc_numpy
+from .samplers import SamplerName, sample_progressive, trailing_timesteps
+from .schedules import NoiseSchedule
+
+
+def num_model_calls(schedule: NoiseSchedule, sampler: str, num_steps: int | None) -> int:
+    if sampler == "ddpm":
+        return schedule.num_timesteps
+    return len(trailing_timesteps(schedule.num_timesteps, num_steps or min(20, schedule.num_timesteps)))
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: SamplerName = "dpmpp",
+             num_steps: int | None = None, seed: int = 0, batch_size: int = 500, eta: float = 0.0,
+             progress: bool = False, callback=None) -> torch.Tensor:
+    """``n`` images in [-1, 1], shape (n, C, H, W), on the CPU. Same seed and batch size, same images.
+
+    ``callback(done_calls, total_calls)`` is called after every network evaluation (for UI progress).
+    """
+    if n < 1:
+        raise ValueError(f"number of images must be at least 1, got {n}")
+    model.eval()
+    device = _model_device(model)
+    cfg = model.config
+    generator = torch.Generator().manual_seed(seed)
+    calls = num_model_calls(schedule, sampler, num_steps)
+    batches = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    out = []
+    bar = tqdm(total=calls * len(batches), desc=f"{sampler} sampling", unit="step", disable=not progress)
+    done = 0
+    for b in batches:
+        shape = (b, cfg.in_channels, cfg.image_size, cfg.image_size)
+        step = None
+        for step in sample_progressive(model, schedule, shape, sampler, num_steps, eta=eta, generator=generator, device=device):
+            done += 1
+            bar.update(1)
+            if callback is not None:
+                callback(done, calls * len(batches))
+        out.append(step.prev_sample.float().cpu())
+    bar.close()
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A whole reverse run stored as uint8 frames, for scrubbing without re-running the network.
+
+    ``samples[0]`` is x_T (pure noise); ``samples[i]`` for i ≥ 1 is the sample after step i, and
+    ``pred_x0[i]`` the x̂₀ predicted at that step (``pred_x0[0]`` is mid-grey: nothing is predicted yet).
+    Arrays are (num_steps + 1, B, H, W, 3) uint8; ``timesteps[i]`` is the t denoised at step i.
+    """
+
+    timesteps: list[int]
+    samples: np.ndarray
+    pred_x0: np.ndarray
+    sampler: str
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps) - 1
+
+
+@torch.inference_mode()
+def trajectory(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: SamplerName = "dpmpp",
+               num_steps: int | None = None, seed: int = 0, eta: float = 0.0, callback=None) -> Trajectory:
+    """Run one sampler on ``n`` images and keep every step (x_t and x̂₀) as uint8."""
+    model.eval()
+    cfg = model.config
+    shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
+    generator = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(shape, generator=generator)
+    samples, preds, ts = [to_hwc_numpy(x_T)], [np.full_like(to_hwc_numpy(x_T), 128)], [schedule.num_timesteps]
+    total = num_model_calls(schedule, sampler, num_steps)
+    for step in sample_progressive(model, schedule, shape, sampler, num_steps, eta=eta, generator=generator,
+                                   noise=x_T, device=_model_device(model)):
+        samples.append(to_hwc_numpy(step.prev_sample))
+        preds.append(to_hwc_numpy(step.pred_original_sample))
+        ts.append(step.t)
+        if callback is not None:
+            callback(step.index + 1, total)
+    return Trajectory(ts, np.stack(samples), np.stack(preds), sampler)

@@ -1,0 +1,199 @@
+"""Reverse-process samplers: DDPM ancestral, DDIM, DPM-Solver++(2M).
+
+Each sampler is split the diffusers way: a pure ``*_step`` function turns one model output into the
+next sample (and returns x̂₀ "to preview progress"), and a generator runs the loop, yielding a
+``SamplerStep`` per network evaluation.  The final image, the progress bar, the app's animation and
+the evaluation all consume that one generator.
+
+Few-step samplers use "trailing" timestep spacing (Lin et al. 2024, §3.4), so their first step is
+always at t = T-1: the step where a zero-terminal-SNR schedule has x_T = pure noise.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal
+
+import torch
+
+from .schedules import NoiseSchedule, eps_from_x0, extract, model_output_to_x0_eps
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SamplerName = Literal["ddpm", "ddim", "dpmpp"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp")
+
+
+@dataclass(frozen=True)
+class SamplerStep:
+    """One reverse step: ``t`` is the timestep just denoised, ``prev_sample`` the new (less noisy)
+    sample, ``pred_original_sample`` the model's x̂₀ at ``t``. Tensors are (B, C, H, W)."""
+
+    index: int
+    num_steps: int
+    t: int
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+def trailing_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
+    """``num_steps`` timesteps from T-1 down, evenly spaced (diffusers' ``timestep_spacing='trailing'``)."""
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(f"steps must be between 1 and T = {num_timesteps}, got {num_steps}")
+    ratio = num_timesteps / num_steps
+    ts = [int(round(num_timesteps - i * ratio)) - 1 for i in range(num_steps)]
+    return sorted(set(ts), reverse=True)
+
+
+def _maybe_clip(x0: torch.Tensor, clip: bool) -> torch.Tensor:
+    return x0.clamp(-1, 1) if clip else x0
+
+
+def ddpm_step(
+    schedule: NoiseSchedule,
+    model_output: torch.Tensor,
+    t: int,
+    sample: torch.Tensor,
+    noise: torch.Tensor | None,
+    clip_sample: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_{t-1} ~ q(x_{t-1} | x_t, x̂_0) with the posterior variance β̃_t (Ho et al. Alg. 2, σ² = β̃).
+
+    Returns (prev_sample, pred_original_sample). ``noise`` is ignored at t = 0.
+    """
+    tt = torch.full((sample.shape[0],), t, dtype=torch.long)
+    x0, _ = model_output_to_x0_eps(schedule, model_output, sample, tt)
+    x0 = _maybe_clip(x0, clip_sample)
+    mean = extract(schedule.posterior_mean_coef1, tt, sample) * x0 + extract(schedule.posterior_mean_coef2, tt, sample) * sample
+    if t == 0:
+        return mean, x0
+    std = extract(schedule.posterior_variance.clamp(min=1e-20).sqrt(), tt, sample)
+    return mean + std * noise, x0
+
+
+def ddim_step(
+    schedule: NoiseSchedule,
+    model_output: torch.Tensor,
+    t: int,
+    prev_t: int,
+    sample: torch.Tensor,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+    clip_sample: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_{t'} = √ᾱ_{t'} x̂_0 + √(1-ᾱ_{t'} - σ²) ε̂ + σ z, σ = η √(β̃_{t→t'}) (Song et al. 2021, eq. 12).
+
+    ``prev_t = -1`` means the data (ᾱ = 1). ε̂ is recomputed from the clipped x̂_0, as in
+    improved-diffusion, so clipping keeps the update consistent.
+    """
+    tt = torch.full((sample.shape[0],), t, dtype=torch.long)
+    x0, eps = model_output_to_x0_eps(schedule, model_output, sample, tt)
+    if clip_sample:
+        x0 = x0.clamp(-1, 1)
+        eps = eps_from_x0(schedule, sample, tt, x0)
+    a_t = float(schedule.alphas_cumprod[t])
+    a_prev = 1.0 if prev_t < 0 else float(schedule.alphas_cumprod[prev_t])
+    var = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+    sigma = eta * math.sqrt(max(var, 0.0))
+    prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+    if sigma > 0:
+        prev = prev + sigma * noise
+    return prev, x0
+
+
+def dpmpp_2m_step(
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    prev_x0: torch.Tensor | None,
+    t: int,
+    prev_t: int,
+    last_t: int | None,
+    sample: torch.Tensor,
+) -> torch.Tensor:
+    """One DPM-Solver++(2M) update from t to prev_t (Lu et al. 2022, Alg. 2, midpoint form).
+
+    With α = √ᾱ, σ = √(1-ᾱ), λ = log(α/σ), h = λ_{t'} - λ_t:
+        x_{t'} = (σ_{t'}/σ_t) x_t + α_{t'} (1 - e^{-h}) D,  D = x̂₀ + (x̂₀ - x̂₀_prev)/(2 r), r = h_prev / h.
+    e^{-h} is computed as a ratio, so α_t = 0 (pure-noise start) and σ_{t'} = 0 (final step) are exact.
+    The step is first order when there is no previous x̂₀, when it ends at the data (``prev_t = -1``),
+    or when a λ is infinite.
+    """
+    a_t, s_t = _alpha_sigma(schedule, t)
+    a_n, s_n = _alpha_sigma(schedule, prev_t)
+    exp_neg_h = (s_n * a_t) / (a_n * s_t)
+    d = x0
+    if prev_x0 is not None and prev_t >= 0 and last_t is not None:
+        a_l, s_l = _alpha_sigma(schedule, last_t)
+        if min(a_t, a_l, s_n) > 0:
+            h = math.log(a_n / s_n) - math.log(a_t / s_t)
+            h_prev = math.log(a_t / s_t) - math.log(a_l / s_l)
+            d = x0 + (x0 - prev_x0) * (h / (2 * h_prev))
+    return (s_n / s_t) * sample + a_n * (1 - exp_neg_h) * d
+
+
+def _alpha_sigma(schedule: NoiseSchedule, t: int) -> tuple[float, float]:
+    if t < 0:
+        return 1.0, 0.0
+    a = float(schedule.alphas_cumprod[t])
+    return math.sqrt(a), math.sqrt(1 - a)
+
+
+def sample_progressive(
+    model: ModelFn,
+    schedule: NoiseSchedule,
+    shape: tuple[int, ...],
+    sampler: SamplerName = "dpmpp",
+    num_steps: int | None = None,
+    *,
+    eta: float = 0.0,
+    clip_sample: bool = True,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> Iterator[SamplerStep]:
+    """Run a sampler from pure noise, yielding one SamplerStep per network evaluation.
+
+    ``model(x_t, t)`` takes (B, C, H, W) and timesteps (B,) and returns the ε or v prediction.
+    ``num_steps`` defaults to T for DDPM (which always uses every step) and 20 otherwise.
+    Random draws come from ``generator`` on the CPU, so a seed gives the same images on any device.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    T = schedule.num_timesteps
+    if sampler == "ddpm":
+        if num_steps not in (None, T):
+            raise ValueError(f"DDPM ancestral sampling uses all T = {T} steps; use 'ddim' or 'dpmpp' for fewer")
+        timesteps = list(range(T - 1, -1, -1))
+    else:
+        timesteps = trailing_timesteps(T, num_steps or min(20, T))
+
+    def randn() -> torch.Tensor:
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+
+    x = noise.to(device) if noise is not None else randn()
+    prev_x0, last_t = None, None
+    n = len(timesteps)
+    for i, t in enumerate(timesteps):
+        prev_t = timesteps[i + 1] if i + 1 < n else -1
+        out = model(x, torch.full((shape[0],), t, device=device, dtype=torch.long)).float()
+        if sampler == "ddpm":
+            x, x0 = ddpm_step(schedule, out, t, x, randn() if t > 0 else None, clip_sample)
+        elif sampler == "ddim":
+            x, x0 = ddim_step(schedule, out, t, prev_t, x, eta, randn() if eta > 0 else None, clip_sample)
+        else:
+            tt = torch.full((shape[0],), t, dtype=torch.long)
+            x0 = model_output_to_x0_eps(schedule, out, x, tt)[0]
+            x0 = _maybe_clip(x0, clip_sample)
+            x = dpmpp_2m_step(schedule, x0, prev_x0, t, prev_t, last_t, x)
+            prev_x0, last_t = x0, t
+        yield SamplerStep(index=i, num_steps=n, t=t, prev_sample=x, pred_original_sample=x0)
+
+
+def sample(model: ModelFn, schedule: NoiseSchedule, shape: tuple[int, ...], sampler: SamplerName = "dpmpp",
+           num_steps: int | None = None, **kwargs) -> torch.Tensor:
+    """The final x_0 of ``sample_progressive`` (same arguments)."""
+    step = None
+    for step in sample_progressive(model, schedule, shape, sampler, num_steps, **kwargs):
+        pass
+    return step.prev_sample

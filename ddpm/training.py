@@ -1,0 +1,390 @@
+"""The trainer: ε/v regression with EMA, clipping, bf16 autocast, NaN guard, stop event and resume.
+
+The whole split lives in memory as one uint8 tensor (N, 3, H, W) on the training device; a batch is
+an index into it, scaled to [-1, 1] and optionally flipped/rotated on the fly.  Under torchrun each
+rank trains on a disjoint shard of every epoch; gradients are all-reduced by DistributedDataParallel
+and only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoints as ckpt
+from .data import dihedral_augment, to_model_range
+from .schedules import NoiseSchedule, ScheduleConfig, min_snr_weight, q_sample, training_target
+from .unet import UNetConfig, build_unet, count_parameters
+
+Precision = Literal["auto", "bf16", "fp32"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    lr: float = 5e-4
+    batch_size: int = 128
+    max_steps: int = 20_000
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    ema_decay: float | None = 0.999
+    grad_clip: float | None = 1.0
+    loss_weighting: Literal["none", "min_snr"] = "min_snr"
+    min_snr_gamma: float = 5.0
+    augment: bool = True  # random flips and 90° rotations (tissue has no orientation)
+    precision: Precision = "auto"
+    seed: int = 0
+    checkpoint_every_s: float = 300.0
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        checks = {
+            "optimizer": self.optimizer in ("adam", "adamw"),
+            "lr": 0 < self.lr <= 1e-1,
+            "batch_size": 1 <= self.batch_size <= 8192,
+            "max_steps": 1 <= self.max_steps <= 10_000_000,
+            "warmup_steps": self.warmup_steps >= 0,
+            "ema_decay": self.ema_decay is None or 0 < self.ema_decay < 1,
+            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
+            "loss_weighting": self.loss_weighting in ("none", "min_snr"),
+            "precision": self.precision in ("auto", "bf16", "fp32"),
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid training settings: " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+                             + " (lr in (0, 0.1], batch_size in [1, 8192], max_steps >= 1, ema_decay in (0, 1), "
+                               "optimizer adam|adamw, loss_weighting none|min_snr, precision auto|bf16|fp32)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    step: int
+    max_steps: int
+    loss: float
+    lr: float
+    images_per_sec: float
+    elapsed_s: float
+
+    @property
+    def eta_s(self) -> float:
+        return (self.max_steps - self.step) * (self.elapsed_s / max(self.step, 1))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    stopped: bool  # True when the stop event ended the run early
+    final_loss: float
+    images_per_sec: float
+    out_dir: Path | None
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX), where autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return device
+
+
+def use_bf16(precision: Precision, device: torch.device) -> bool:
+    if precision != "auto":
+        return precision == "bf16"
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
+
+
+def diffusion_loss(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
+                   noise: torch.Tensor, weighting: str = "none", gamma: float = 5.0) -> torch.Tensor:
+    """Mean over the batch of w(t)·‖f(x_t, t) - target‖² / D, target ε or v (Ho et al. eq. 14)."""
+    x_t = q_sample(schedule, x0, t, noise)
+    per_sample = F.mse_loss(model(x_t, t).float(), training_target(schedule, x0, noise, t), reduction="none").mean((1, 2, 3))
+    if weighting == "min_snr":
+        per_sample = per_sample * min_snr_weight(schedule, t, gamma)
+    return per_sample.mean()
+
+
+class EMA:
+    """Exponential moving average of a model's weights, with the usual warm-up min(d, (1+n)/(10+n))."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - d)
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Trains one diffusion model on an in-memory uint8 image tensor.
+
+    ``out_dir`` (optional) receives the checkpoint, the resumable training state and the loss log;
+    ``resume=True`` continues from what is there.  ``init_model`` starts from given weights (for
+    fine-tuning a pretrained model); the trainer always trains its own copy.
+    """
+
+    def __init__(self, model_config: UNetConfig, schedule_config: ScheduleConfig, train_config: TrainConfig,
+                 images: torch.Tensor, out_dir: str | os.PathLike | None = None, device: str | torch.device = "auto",
+                 resume: bool = False, init_model: nn.Module | None = None, extra_config: dict | None = None):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != model_config.in_channels:
+            raise ValueError(f"images must be a uint8 tensor (N, {model_config.in_channels}, H, W), got {images.dtype} {tuple(images.shape)}")
+        if images.shape[-1] != model_config.image_size:
+            raise ValueError(f"images are {images.shape[-1]}×{images.shape[-2]} but the model is built for {model_config.image_size}")
+        self.rank, self.world_size = _dist_info()
+        if images.shape[0] < train_config.batch_size * self.world_size:
+            raise ValueError(f"{images.shape[0]} images cannot fill one batch of {train_config.batch_size}"
+                             f"{f' on each of {self.world_size} ranks' if self.world_size > 1 else ''}; lower --batch-size")
+        self.model_config, self.schedule_config, self.config = model_config, schedule_config, train_config
+        self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.world_size > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        self.bf16 = use_bf16(train_config.precision, self.device)
+        self.schedule = NoiseSchedule.from_config(schedule_config)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.extra_config = extra_config or {}
+        self.images = images.to(self.device)
+        self.steps_per_epoch = images.shape[0] // (train_config.batch_size * self.world_size)
+
+        self.model = build_unet(model_config).to(self.device)
+        if init_model is not None:
+            self.model.load_state_dict(init_model.state_dict())
+        opt_cls = torch.optim.AdamW if train_config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay,
+                                 fused=self.device.type == "cuda" or None)
+        self.ema = EMA(self.model, train_config.ema_decay) if train_config.ema_decay else None
+        self.step = 0
+        self.warmup_offset = 0  # a resume without optimizer moments warms up again from its step
+        self.train_seconds = 0.0
+        if resume:
+            self._load_state()
+        self.ddp_model = self.model
+        if self.world_size > 1:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(self.ddp_model) if train_config.compile else self.ddp_model
+
+    # ---- data ---------------------------------------------------------------------------------
+    def batch_indices(self, step: int) -> torch.Tensor:
+        """This rank's indices for ``step``: epoch e is one permutation seeded by (seed, e), cut into
+        world_size·batch blocks; rank r takes the r-th batch of each block, so shards never overlap."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.images.shape[0], generator=g)
+        b = self.config.batch_size
+        start = (pos * self.world_size + self.rank) * b
+        return perm[start:start + b]
+
+    def get_batch(self, step: int, generator: torch.Generator) -> torch.Tensor:
+        x = to_model_range(self.images[self.batch_indices(step).to(self.device)])
+        return dihedral_augment(x, generator) if self.config.augment else x
+
+    # ---- one step -----------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        warm = self.config.warmup_steps
+        return self.config.lr * min(1.0, (step + 1 - self.warmup_offset) / warm) if warm else self.config.lr
+
+    def train_step(self, step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.config.seed * 7_919 + step * 131 + self.rank)
+        x0 = self.get_batch(step, g)
+        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), generator=g).to(self.device)
+        noise = torch.randn(x0.shape, generator=g).to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = diffusion_loss(self.forward, self.schedule, x0, t, noise, self.config.loss_weighting, self.config.min_snr_gamma)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        return loss.detach()
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def train(self, callback: Callable[[TrainProgress], None] | None = None,
+              stop_event: threading.Event | None = None, max_steps: int | None = None) -> TrainResult:
+        """Train until ``max_steps`` (default: the config's) or until ``stop_event`` is set.
+
+        Raises NonFiniteLossError on a NaN/inf loss, before any update is applied with it; the last
+        checkpoint written stays as it was.
+        """
+        max_steps = max_steps or self.config.max_steps
+        sync_every = 1 if self.device.type == "cpu" else 25  # on GPU, read the loss back only now and then
+        self.model.train()
+        pending: list[tuple[int, torch.Tensor]] = []
+        start, last_save, images_done, last_loss = time.time(), time.time(), 0, float("nan")
+        rate_t0, rate_step = time.time(), self.step
+        stopped = False
+        while self.step < max_steps:
+            if stop_event is not None and stop_event.is_set():
+                stopped = True
+                break
+            loss = self.train_step(self.step)
+            if sync_every == 1 and not torch.isfinite(loss):
+                self._raise_non_finite(self.step, float(loss))
+            self.optimizer.step()
+            if self.ema:
+                self.ema.update(self.model, self.step)
+            self.step += 1
+            images_done += self.config.batch_size * self.world_size
+            pending.append((self.step, loss))
+            if len(pending) >= sync_every or self.step == max_steps:
+                values = torch.stack([l for _, l in pending]).float().tolist()
+                bad = [s for (s, _), v in zip(pending, values) if not math.isfinite(v)]
+                if bad:
+                    self._raise_non_finite(bad[0] - 1, float("nan"))
+                now = time.time()
+                rate = (self.step - rate_step) * self.config.batch_size * self.world_size / max(now - rate_t0, 1e-9)
+                rows = [(s, v, self.lr_at(s - 1)) for (s, _), v in zip(pending, values)]
+                self._append_log(rows, rate, now - start)
+                last_loss, pending = values[-1], []
+                if callback is not None:
+                    callback(TrainProgress(self.step, max_steps, last_loss, self.lr_at(self.step - 1), rate, now - start))
+                if now - last_save > self.config.checkpoint_every_s:
+                    self.save()
+                    last_save = time.time()
+                if now - rate_t0 > 10:  # a moving window for images/s
+                    rate_t0, rate_step = now, self.step
+        self.train_seconds += time.time() - start
+        self.save()
+        elapsed = time.time() - start
+        return TrainResult(self.step, stopped, last_loss, images_done / max(elapsed, 1e-9), self.out_dir)
+
+    def _raise_non_finite(self, step: int, value: float) -> None:
+        where = (f"the last good checkpoint in {self.out_dir} (step {self._saved_step()}) was kept"
+                 if self.out_dir else "nothing was saved (no output folder)")
+        raise NonFiniteLossError(f"loss became {value} at step {step + 1}; training stopped and {where}. "
+                                 "Lower the learning rate, keep gradient clipping on, or use --precision fp32.")
+
+    # ---- files --------------------------------------------------------------------------------
+    def sampling_model(self) -> nn.Module:
+        """The weights to sample with: the EMA if there is one, else the raw model (in eval mode)."""
+        return (self.ema.model if self.ema else self.model).eval()
+
+    def checkpoint_config(self) -> dict:
+        return ckpt.make_config(self.model_config, self.schedule_config, **self.extra_config, training={
+            **self.config.to_dict(), "steps": self.step, "epochs": round(self.step / max(self.steps_per_epoch, 1), 3),
+            "images_seen": self.step * self.config.batch_size * self.world_size, "world_size": self.world_size,
+            "train_seconds": round(self.train_seconds, 1), "device": str(self.device.type), "bf16": self.bf16,
+            "num_train_images": int(self.images.shape[0]), "parameters": count_parameters(self.model)})
+
+    def save(self) -> None:
+        """Write the sampling weights, config and resumable state (rank 0 only; atomic renames)."""
+        if self.out_dir is None or self.rank != 0:
+            return
+        model = self.sampling_model()
+        ckpt.save_checkpoint(self.out_dir, model, self.checkpoint_config())
+        ckpt.atomic_save_tensors(self.model.state_dict(), self.out_dir / ckpt.STATE_NAME)
+        opt = self.optimizer.state_dict()
+        moments = {f"{idx}.{k}": v if torch.is_tensor(v) else torch.tensor(v)
+                   for idx, state in opt["state"].items() for k, v in state.items()}
+        ckpt.atomic_save_tensors(moments, self.out_dir / ckpt.OPTIMIZER_NAME)
+        ckpt.atomic_write_json(self.out_dir / ckpt.STATE_CONFIG_NAME, {
+            "step": self.step, "warmup_offset": self.warmup_offset, "train_seconds": round(self.train_seconds, 1),
+            "param_groups": opt["param_groups"],
+            "world_size": self.world_size, "train": self.config.to_dict()})
+        self.model.train()
+
+    def _saved_step(self) -> int | None:
+        path = self.out_dir / ckpt.STATE_CONFIG_NAME if self.out_dir else None
+        return json.loads(path.read_text())["step"] if path and path.is_file() else None
+
+    def _load_state(self) -> None:
+        if self.out_dir is None or not (self.out_dir / ckpt.STATE_NAME).is_file():
+            raise ckpt.CheckpointError(f"nothing to resume in {self.out_dir}: no {ckpt.STATE_NAME}; "
+                                       "start without --resume or point --out at an earlier run")
+        from safetensors.torch import load_file
+
+        meta = json.loads((self.out_dir / ckpt.STATE_CONFIG_NAME).read_text())
+        raw = self.out_dir / ckpt.STATE_NAME
+        try:
+            self.model.load_state_dict(load_file(str(raw), device=str(self.device)))
+            if self.ema:  # the EMA weights are the checkpoint's sampling weights
+                ckpt.load_state_dict_checked(self.ema.model, self.out_dir / ckpt.WEIGHTS_NAME)
+        except (RuntimeError, OSError, ValueError) as err:
+            raise ckpt.CheckpointError(f"cannot resume from {self.out_dir}: {raw.name} is corrupt or was written for "
+                                       f"another network ({err}); start a fresh run in another folder") from err
+        opt_path = self.out_dir / ckpt.OPTIMIZER_NAME
+        if opt_path.is_file():
+            state: dict[int, dict] = {}
+            for k, v in load_file(str(opt_path), device=str(self.device)).items():
+                idx, name = k.split(".", 1)
+                state.setdefault(int(idx), {})[name] = v
+            groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
+            self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+            self.warmup_offset = int(meta.get("warmup_offset", 0))
+        else:  # shipped checkpoints leave the Adam moments out: re-estimate them under a fresh warm-up
+            self.warmup_offset = int(meta["step"])
+        self.step, self.train_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
+        self._truncate_log(self.step)
+
+    def _append_log(self, rows: list[tuple[int, float, float]], rate: float, elapsed: float) -> None:
+        if self.out_dir is None or self.rank != 0:
+            return
+        path = self.out_dir / ckpt.LOG_NAME
+        new = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "loss", "lr", "images_per_sec", "elapsed_s"])
+            for step, loss, lr in rows:
+                w.writerow([step, f"{loss:.6f}", f"{lr:.3g}", f"{rate:.1f}", f"{elapsed + self.train_seconds:.1f}"])
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log rows past the resumed step: those steps will be trained again."""
+        path = self.out_dir / ckpt.LOG_NAME if self.out_dir else None
+        if not path or not path.is_file() or self.rank != 0:
+            return
+        lines = path.read_text().splitlines()
+        kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= step]
+        ckpt.atomic_write_bytes(path, ("\n".join(kept) + "\n").encode())
+
+
+def read_training_log(folder: str | os.PathLike) -> dict[str, list[float]]:
+    """The loss log of a checkpoint folder as columns (step, loss, lr, images_per_sec, elapsed_s)."""
+    path = Path(folder) / ckpt.LOG_NAME
+    cols: dict[str, list[float]] = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            for k, v in row.items():
+                cols.setdefault(k, []).append(float(v))
+    return cols

@@ -1,0 +1,208 @@
+"""Time-conditioned U-Nets for small RGB images, built from a frozen config alone.
+
+Two architectures:
+
+* ``seed``: the tutorial paper's notebook network, layer for layer (about 0.16 M parameters).
+* ``resunet``: residual blocks with GroupNorm and SiLU, the timestep added per block, optional
+  self-attention at the coarsest levels (the DDPM / ADM design, scaled for 28×28 on a CPU).
+
+The network knows nothing of the noise schedule: it maps (x_t, t) to an output of the same shape.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Architecture = Literal["seed", "resunet"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    architecture: Architecture = "resunet"
+    image_size: int = 28
+    in_channels: int = 3
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (7,)  # feature-map sizes that get self-attention
+    num_heads: int = 1
+    time_embed_dim: int = 128
+    dropout: float = 0.0
+    norm_groups: int = 8
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ("seed", "resunet"):
+            raise ValueError(f"architecture must be 'seed' or 'resunet', got {self.architecture!r}")
+        object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
+        object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
+        down = 2 ** (len(self.channel_mults) - 1) if self.architecture == "resunet" else 2
+        if self.image_size % down:
+            raise ValueError(f"image_size {self.image_size} must be divisible by {down} for {len(self.channel_mults)} levels")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise KeyError(f"unknown model config keys {sorted(unknown)}; known keys are {sorted(known)}")
+        return cls(**d)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding (Vaswani et al. 2017): [cos(t ω_i), sin(t ω_i)], ω_i = max_period^(-i/(dim/2)).
+
+    t: (B,) integer or float timesteps -> (B, dim).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class SeedUNet(nn.Module):
+    """The paper's network: two levels, one skip, ReLU, time added after each level's first conv."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        c, emb = config.in_channels, config.time_embed_dim
+        self.config = config
+        self.time_mlp = nn.Sequential(nn.Linear(32, emb), nn.SiLU(), nn.Linear(emb, emb), nn.SiLU())
+        self.conv1 = nn.Conv2d(c, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.down = nn.Conv2d(32, 64, 4, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(64, 64, 3, padding=1)
+        self.up = nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1)
+        self.conv4 = nn.Conv2d(32, 32, 3, padding=1)
+        self.conv_out = nn.Conv2d(32, c, 3, padding=1)
+        self.time_proj1 = nn.Linear(emb, 32)
+        self.time_proj2 = nn.Linear(emb, 64)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.time_mlp(timestep_embedding(t, 32))  # (B, 128)
+        h1 = F.relu(self.conv1(x)) + self.time_proj1(emb)[:, :, None, None]  # (B, 32, 28, 28)
+        h1 = F.relu(self.conv2(h1))
+        h2 = F.relu(self.down(h1)) + self.time_proj2(emb)[:, :, None, None]  # (B, 64, 14, 14)
+        h2 = F.relu(self.conv3(h2))
+        u = F.relu(self.up(h2)) + h1  # skip from the first level
+        u = F.relu(self.conv4(u))
+        return self.conv_out(u)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb_proj = nn.Linear(emb, cout)
+        self.norm2 = nn.GroupNorm(groups, cout)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity (improved-diffusion's zero_module)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb_proj(emb)[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, channels: int, heads: int, groups: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, hgt * wid).unbind(1)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))  # (B, heads, HW, C/heads)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, hgt, wid))
+
+
+class ResUNet(nn.Module):
+    """A residual U-Net: per level ``num_res_blocks`` blocks (+ attention), strided-conv down, nearest-up."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        ch, emb, g = config.base_channels, config.time_embed_dim, config.norm_groups
+        self.time_mlp = nn.Sequential(nn.Linear(ch, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
+
+        self.down_blocks, self.down_attn, self.downsamplers = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        skip_channels, cur, res = [ch], ch, config.image_size
+        for level, mult in enumerate(config.channel_mults):
+            for _ in range(config.num_res_blocks):
+                self.down_blocks.append(ResBlock(cur, ch * mult, emb, g, config.dropout))
+                cur = ch * mult
+                self.down_attn.append(AttentionBlock(cur, config.num_heads, g) if res in config.attention_resolutions else nn.Identity())
+                skip_channels.append(cur)
+            if level < len(config.channel_mults) - 1:
+                self.downsamplers.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
+                skip_channels.append(cur)
+                res //= 2
+
+        self.mid1 = ResBlock(cur, cur, emb, g, config.dropout)
+        self.mid_attn = AttentionBlock(cur, config.num_heads, g)
+        self.mid2 = ResBlock(cur, cur, emb, g, config.dropout)
+
+        self.up_blocks, self.up_attn, self.upsamplers = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mults))):
+            for _ in range(config.num_res_blocks + 1):
+                self.up_blocks.append(ResBlock(cur + skip_channels.pop(), ch * mult, emb, g, config.dropout))
+                cur = ch * mult
+                self.up_attn.append(AttentionBlock(cur, config.num_heads, g) if res in config.attention_resolutions else nn.Identity())
+            if level > 0:
+                self.upsamplers.append(nn.Conv2d(cur, cur, 3, padding=1))
+                res *= 2
+        self.norm_out = nn.GroupNorm(g, cur)
+        self.conv_out = nn.Conv2d(cur, config.in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        emb = self.time_mlp(timestep_embedding(t, cfg.base_channels))
+        h = self.conv_in(x)
+        skips = [h]
+        blocks = iter(zip(self.down_blocks, self.down_attn))
+        for level in range(len(cfg.channel_mults)):
+            for _ in range(cfg.num_res_blocks):
+                block, attn = next(blocks)
+                h = attn(block(h, emb))
+                skips.append(h)
+            if level < len(cfg.channel_mults) - 1:
+                h = self.downsamplers[level](h)
+                skips.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        blocks = iter(zip(self.up_blocks, self.up_attn))
+        for i in range(len(cfg.channel_mults)):
+            for _ in range(cfg.num_res_blocks + 1):
+                block, attn = next(blocks)
+                h = attn(block(torch.cat([h, skips.pop()], dim=1), emb))
+            if i < len(cfg.channel_mults) - 1:
+                h = self.upsamplers[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def build_unet(config: UNetConfig) -> nn.Module:
+    """The network described by ``config``, with fresh weights."""
+    return SeedUNet(config) if config.architecture == "seed" else ResUNet(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
