@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download PathMNIST with medmnist (needs internet)")
     p.add_argument("--data-dir")
     p.add_argument("--size", type=int, default=28, choices=[28, 64, 128, 224])
-    from .evaluation.cli import add_evaluate_parser
+    from .evaluation.cli import add_evaluate_parser, add_train_encoder_parser
     add_evaluate_parser(sub)
+    add_train_encoder_parser(sub)
     p = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")
     p.add_argument("folder")
     p.add_argument("--repo-id", required=True)
@@ -184,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "download": cmd_download, "push": cmd_push}
-    if args.command == "evaluate":
-        from .evaluation.cli import cmd_evaluate
-        commands["evaluate"] = cmd_evaluate
+    if args.command in ("evaluate", "train-encoder"):
+        from .evaluation.cli import cmd_evaluate, cmd_train_encoder
+        commands.update({"evaluate": cmd_evaluate, "train-encoder": cmd_train_encoder})
     try:
         return commands[args.command](args)
     except (CheckpointError, DataNotFoundError, NonFiniteLossError, ValueError) as err:

@@ -17,6 +17,24 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="evaluation", help="output path without extension (-> .json, .png)")
 
 
+def add_train_encoder_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-encoder", help="train the tissue encoder used by the metrics (full PathMNIST needed)")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", default="checkpoints/encoder")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_train_encoder(args: argparse.Namespace) -> int:
+    import json
+
+    from .encoder import train_and_save_encoder
+
+    metrics = train_and_save_encoder(args.data_dir, args.out, args.epochs, args.seed)
+    print(json.dumps({k: metrics[k] for k in ("val", "test", "baseline")}, indent=1))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .report import evaluate_checkpoint
 
