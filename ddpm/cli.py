@@ -70,6 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def init_distributed(device: str) -> None:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPU."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -84,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    init_distributed(args.device)
     preset = get_preset(args.preset, args.size)
     sched = preset.schedule
     overrides = {k: v for k, v in {"kind": args.schedule, "num_timesteps": args.timesteps,
@@ -107,9 +122,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       init_model=init, extra_config={"preset": preset.name, "data": data.source})
     if trainer.rank == 0:
         print(f"preset {preset.name}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
-              f"{len(data):,} images ({data.source}), device {trainer.device}, bf16 {trainer.bf16}, "
-              f"batch {tc.batch_size} × {trainer.world_size} rank(s) = {tc.batch_size * trainer.world_size} at lr {tc.lr}",
-              file=sys.stderr)
+              f"{len(data):,} images ({data.source}), device {trainer.device}, bf16 {trainer.bf16}; "
+              f"effective batch {tc.batch_size} × {trainer.world_size} rank(s) = {tc.batch_size * trainer.world_size}, "
+              f"lr {tc.lr} (not rescaled with the world size: pass --lr to change it)", file=sys.stderr)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -123,6 +138,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar.close()
     if trainer.rank == 0:
         print(f"{'stopped' if result.stopped else 'finished'} at step {result.steps}; checkpoint in {args.out}", file=sys.stderr)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 

@@ -188,11 +188,15 @@ class Trainer:
         self.model = build_unet(model_config).to(self.device)
         if init_model is not None:
             self.model.load_state_dict(init_model.state_dict())
+        self.channels_last = self.device.type == "cuda"  # measured: a win on GPUs, a loss on this CPU
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         opt_cls = torch.optim.AdamW if train_config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay,
                                  fused=self.device.type == "cuda" or None)
         self.ema = EMA(self.model, train_config.ema_decay) if train_config.ema_decay else None
         self.step = 0
+        self.images_seen = 0
         self.warmup_offset = 0  # a resume without optimizer moments warms up again from its step
         self.train_seconds = 0.0
         if resume:
@@ -216,7 +220,8 @@ class Trainer:
 
     def get_batch(self, step: int, generator: torch.Generator) -> torch.Tensor:
         x = to_model_range(self.images[self.batch_indices(step).to(self.device)])
-        return dihedral_augment(x, generator) if self.config.augment else x
+        x = dihedral_augment(x, generator) if self.config.augment else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     # ---- one step -----------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -265,6 +270,7 @@ class Trainer:
                 self.ema.update(self.model, self.step)
             self.step += 1
             images_done += self.config.batch_size * self.world_size
+            self.images_seen += self.config.batch_size * self.world_size
             pending.append((self.step, loss))
             if len(pending) >= sync_every or self.step == max_steps:
                 values = torch.stack([l for _, l in pending]).float().tolist()
@@ -302,7 +308,8 @@ class Trainer:
     def checkpoint_config(self) -> dict:
         return ckpt.make_config(self.model_config, self.schedule_config, **self.extra_config, training={
             **self.config.to_dict(), "steps": self.step, "epochs": round(self.step / max(self.steps_per_epoch, 1), 3),
-            "images_seen": self.step * self.config.batch_size * self.world_size, "world_size": self.world_size,
+            "images_seen": self.images_seen, "world_size": self.world_size,
+            "effective_batch": self.config.batch_size * self.world_size,
             "train_seconds": round(self.train_seconds, 1), "device": str(self.device.type), "bf16": self.bf16,
             "num_train_images": int(self.images.shape[0]), "parameters": count_parameters(self.model)})
 
@@ -318,7 +325,7 @@ class Trainer:
                    for idx, state in opt["state"].items() for k, v in state.items()}
         ckpt.atomic_save_tensors(moments, self.out_dir / ckpt.OPTIMIZER_NAME)
         ckpt.atomic_write_json(self.out_dir / ckpt.STATE_CONFIG_NAME, {
-            "step": self.step, "warmup_offset": self.warmup_offset, "train_seconds": round(self.train_seconds, 1),
+            "step": self.step, "images_seen": self.images_seen, "warmup_offset": self.warmup_offset, "train_seconds": round(self.train_seconds, 1),
             "param_groups": opt["param_groups"],
             "world_size": self.world_size, "train": self.config.to_dict()})
         self.model.train()
@@ -354,6 +361,7 @@ class Trainer:
         else:  # shipped checkpoints leave the Adam moments out: re-estimate them under a fresh warm-up
             self.warmup_offset = int(meta["step"])
         self.step, self.train_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
+        self.images_seen = int(meta.get("images_seen", self.step * self.config.batch_size * meta.get("world_size", 1)))
         self._truncate_log(self.step)
 
     def _append_log(self, rows: list[tuple[int, float, float]], rate: float, elapsed: float) -> None:
