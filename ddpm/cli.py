@@ -190,7 +190,9 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     from .checkpoints import push_to_hub
+    from .model_card import write_model_card
 
+    print(f"wrote {write_model_card(args.folder, args.repo_id)}", file=sys.stderr)
     print(push_to_hub(args.folder, args.repo_id, token=args.token, private=args.private))
     return 0
 

@@ -87,7 +87,7 @@ def _load_cached(split: str, root: str, size: int) -> ImageSet:
 
     ds = medmnist.PathMNIST(split=split, root=root, size=size, download=False)
     return ImageSet(to_chw_tensor(ds.imgs), torch.from_numpy(ds.labels.reshape(-1).astype(np.int64)),
-                    f"PathMNIST {split} ({Path(root) / npz_name(size)})")
+                    f"PathMNIST {split} split ({len(ds.labels):,} patches, {npz_name(size)})")
 
 
 def download_pathmnist(data_dir: str | os.PathLike | None = None, size: int = 28) -> Path:

@@ -1,0 +1,83 @@
+"""The Hub model card (README.md with YAML front matter), written from a checkpoint's own files.
+
+Every number in the card comes from ``config.json`` and, when present, ``evaluation.json`` beside
+the weights, so the card cannot drift from the model it describes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .checkpoints import read_config
+from .data import DATA_CREDIT
+from .schedules import NoiseSchedule, ScheduleConfig
+
+EVALUATION_NAME = "evaluation.json"
+ETHICS = """\
+## Intended use and limits
+- **Research and teaching only.** Synthetic patches are never diagnostic evidence: they must not be used to
+  diagnose, to train a clinical system without independent validation, or be presented as real tissue.
+- **Dataset bias.** PathMNIST comes from NCT-CRC-HE-100K: H&E slides of one centre (NCT Biobank and UMM pathology
+  archive, Germany), Macenko stain-normalised, downsampled to 28×28. The model reproduces that centre's staining,
+  scanner and patient population and the class balance of the training split; it knows nothing of other
+  centres, stains, organs or resolutions (the test split, from another centre, measures that shift).
+- **Transparency.** At 28×28 a patch shows texture and colour, not cellular detail; metrics are computed in the
+  feature space of a small classifier trained on the same data (see the evaluation protocol), not judged by
+  pathologists. Nearest training patches are reported for every evaluated sample so copying can be checked.
+"""
+
+
+def model_card(folder: str | Path, repo_id: str | None = None) -> str:
+    """README.md text for the checkpoint in ``folder``."""
+    folder = Path(folder)
+    config = read_config(folder)
+    sched_cfg = ScheduleConfig.from_dict(config["schedule"])
+    sched = NoiseSchedule.from_config(sched_cfg)
+    train = config.get("training", {})
+    lines = [
+        "---", "license: cc-by-4.0", "library_name: ddpm", "pipeline_tag: unconditional-image-generation",
+        "tags:", "- diffusion", "- ddpm", "- histopathology", "- medmnist", "- pathmnist", "---", "",
+        f"# DDPM for PathMNIST ({config.get('preset', 'custom')} preset)", "",
+        "An unconditional denoising diffusion model that generates 28×28 RGB colorectal-tissue patches like those of "
+        "PathMNIST. Made with the `ddpm` package of PathMNIST Diffusion Studio.", "",
+        "## Use", "```python", "from ddpm import load_checkpoint, generate",
+        f"ckpt = load_checkpoint({(repo_id or str(folder))!r})",
+        "images = generate(ckpt.model, ckpt.schedule, n=16, sampler='dpmpp', num_steps=20, seed=0)  # (16, 3, 28, 28) in [-1, 1]",
+        "```", f"or `python -m ddpm sample --checkpoint {repo_id or folder} -n 64 --out samples`.", "",
+        "## Model", f"- Network: {config['model']['architecture']} U-Net, {train.get('parameters', '?'):,} parameters"
+        if isinstance(train.get("parameters"), int) else f"- Network: {config['model']['architecture']} U-Net",
+        f"- Schedule: {sched_cfg.kind}, T = {sched_cfg.num_timesteps}, zero terminal SNR: {sched_cfg.zero_terminal_snr} "
+        f"(√ᾱ_T = {sched.terminal_signal:.3f}); the network predicts {sched_cfg.prediction_type}.",
+    ]
+    if train:
+        lines += [f"- Training: {train.get('steps')} steps ({train.get('epochs')} epochs, {train.get('images_seen', 0):,} images seen), "
+                  f"{train.get('optimizer')} lr {train.get('lr')}, batch {train.get('effective_batch', train.get('batch_size'))}, "
+                  f"EMA {train.get('ema_decay')}, loss weighting {train.get('loss_weighting')}, "
+                  f"augmentation {'flips and 90° rotations' if train.get('augment') else 'none'}, "
+                  f"{'bf16' if train.get('bf16') else 'fp32'} on {train.get('device')}, {train.get('train_seconds', 0) / 3600:.1f} h."]
+    if config.get("data"):
+        lines.append(f"- Data: {config['data']}")
+    evaluation = folder / EVALUATION_NAME
+    if evaluation.is_file():
+        rep = json.loads(evaluation.read_text())
+        m, floor = rep["metrics"], rep.get("floor", {})
+        lines += ["", "## Evaluation", f"{rep['protocol']['n_generated']} samples "
+                  f"({rep.get('sampling', {}).get('sampler', '?')}, {rep.get('sampling', {}).get('steps', '?')} steps) against "
+                  f"{rep['protocol']['reference']}, in the feature space of the shipped tissue encoder.", "",
+                  "| metric | model | real-vs-real floor |", "|---|---:|---:|"]
+        for key in ("fd", "kid_mean", "precision", "recall", "density", "coverage", "class_tv", "memorization_share"):
+            lines.append(f"| {key} | {m[key]:.4g} | {floor.get(key, float('nan')):.4g} |")
+    lines += ["", "## Data and credit", DATA_CREDIT,
+              "Data licence: CC BY 4.0. Cite Yang et al., *MedMNIST v2*, Scientific Data 2023, and Kather et al., "
+              "*Predicting survival from colorectal cancer histology slides using deep learning*, PLOS Medicine 2019.", "",
+              ETHICS]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(folder: str | Path, repo_id: str | None = None) -> Path:
+    from .checkpoints import atomic_write_bytes
+
+    path = Path(folder) / "README.md"
+    atomic_write_bytes(path, model_card(folder, repo_id).encode())
+    return path
+
