@@ -175,13 +175,33 @@ def looks_like_repo_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def download_from_hub(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Can a TCP connection to the Hub endpoint (``HF_ENDPOINT``) be opened within ``timeout`` seconds?
+
+    huggingface_hub retries a first download for about 25 s before giving up offline; this probe lets
+    an offline app fall back to ``checkpoints/`` at once.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def download_from_hub(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                      local_files_only: bool = False) -> Path:
     """Fetch config.json and model.safetensors of a Hub model repo; returns the local snapshot folder."""
     from huggingface_hub import hf_hub_download
 
     path = None
     for name in (CONFIG_NAME, WEIGHTS_NAME):
-        path = hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir)
+        path = hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     return Path(path).parent
 
 
@@ -201,13 +221,20 @@ def load_checkpoint(source: str | os.PathLike | None = None, revision: str | Non
     if not looks_like_repo_id(repo_id):
         raise CheckpointError(f"{source!r} is neither a checkpoint folder, a shipped model {sorted(HUB_REPOS)}, "
                               "nor a Hub repo id like 'owner/name'.")
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    from huggingface_hub import constants
 
     try:
-        folder = download_from_hub(repo_id, revision, cache_dir)
-        return load_local(folder, source=f"Hugging Face Hub {repo_id}" + (f"@{revision}" if revision else ""))
+        online = not constants.HF_HUB_OFFLINE and hub_reachable()
+        folder = download_from_hub(repo_id, revision, cache_dir, local_files_only=not online)
+        where = "Hugging Face Hub" if online else "Hugging Face Hub cache (offline)"
+        return load_local(folder, source=f"{where} {repo_id}" + (f"@{revision}" if revision else ""))
     except CheckpointError:
         raise
+    except LocalEntryNotFoundError as err:  # an EntryNotFoundError too, but it means "offline and not cached"
+        hub_error = f"the Hub could not be reached for {repo_id} ({type(err).__name__})"
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
         hub_error = f"the Hub has no checkpoint at {repo_id} ({type(err).__name__})"
     except Exception as err:  # offline, DNS, timeout, proxy: anything that keeps us from the Hub
@@ -216,8 +243,9 @@ def load_checkpoint(source: str | os.PathLike | None = None, revision: str | Non
         raise CheckpointError(f"{hub_error}; pass a local checkpoint folder or check the repo id and your connection.")
     local = SHIPPED_DIR / shipped
     if not (local / WEIGHTS_NAME).is_file():
+        preset = "small" if shipped == DEFAULT_MODEL else shipped
         raise CheckpointError(f"{hub_error}, and no shipped copy is in {local}: no '{shipped}' model is shipped yet. "
-                              f"Train one with `python -m ddpm train --preset small --out {local}`.")
+                              f"Train one with `python -m ddpm train --preset {preset} --out {local}`.")
     ckpt = load_local(local, source=f"shipped copy {local} ({hub_error})")
     ckpt.warnings.append(hub_error)
     return ckpt

@@ -19,7 +19,7 @@ from .schedules import NoiseSchedule
 def num_model_calls(schedule: NoiseSchedule, sampler: str, num_steps: int | None) -> int:
     if sampler == "ddpm":
         return schedule.num_timesteps
-    return len(trailing_timesteps(schedule.num_timesteps, num_steps or min(20, schedule.num_timesteps)))
+    return len(trailing_timesteps(schedule.num_timesteps, min(20, schedule.num_timesteps) if num_steps is None else num_steps))
 
 
 def _model_device(model: nn.Module) -> torch.device:

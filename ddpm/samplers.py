@@ -166,7 +166,7 @@ def sample_progressive(
             raise ValueError(f"DDPM ancestral sampling uses all T = {T} steps; use 'ddim' or 'dpmpp' for fewer")
         timesteps = list(range(T - 1, -1, -1))
     else:
-        timesteps = trailing_timesteps(T, num_steps or min(20, T))
+        timesteps = trailing_timesteps(T, min(20, T) if num_steps is None else num_steps)
 
     def randn() -> torch.Tensor:
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)

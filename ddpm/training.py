@@ -185,7 +185,9 @@ class Trainer:
         self.images = images.to(self.device)
         self.steps_per_epoch = images.shape[0] // (train_config.batch_size * self.world_size)
 
-        self.model = build_unet(model_config).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # initial weights come from the config's seed, not the global RNG
+            torch.manual_seed(train_config.seed)
+            self.model = build_unet(model_config).to(self.device)
         if init_model is not None:
             self.model.load_state_dict(init_model.state_dict())
         self.channels_last = self.device.type == "cuda"  # measured: a win on GPUs, a loss on this CPU

@@ -1,0 +1,132 @@
+"""The command line end to end: train a few steps on the bundled subset, then sample, describe and fail clearly."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm.checkpoints import CONFIG_NAME, LOG_NAME, OPTIMIZER_NAME, STATE_CONFIG_NAME, STATE_NAME, WEIGHTS_NAME
+from ddpm.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m ddpm ARGS`` in a child process (training installs signal handlers: keep them out of pytest)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "ddpm", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """The paper's network trained for 3 steps on the bundled subset, as the CLI writes it."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    proc = run_cli("train", "--preset", "seed", "--subset", "--batch-size", "16", "--steps", "3", "--out", str(out),
+                   "--device", "cpu", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "finished at step 3" in proc.stderr
+    return out
+
+
+def test_train_writes_a_loadable_checkpoint_with_resumable_state_and_a_loss_log(trained_run):
+    assert {p.name for p in trained_run.iterdir()} >= {CONFIG_NAME, WEIGHTS_NAME, STATE_NAME, STATE_CONFIG_NAME,
+                                                       OPTIMIZER_NAME, LOG_NAME}
+    config = json.loads((trained_run / CONFIG_NAME).read_text())
+    assert config["preset"] == "seed" and "bundled subset" in config["data"]
+    assert (config["training"]["steps"], config["training"]["batch_size"]) == (3, 16)
+    assert config["schedule"] == {"kind": "linear", "num_timesteps": 200, "beta_start": 1e-4, "beta_end": 0.02,
+                                  "cosine_s": 0.008, "zero_terminal_snr": False, "prediction_type": "epsilon"}
+    rows = (trained_run / LOG_NAME).read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "1", "2", "3"]
+
+
+def test_train_resume_continues_the_run_in_the_output_folder(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    proc = run_cli("train", "--preset", "seed", "--subset", "--batch-size", "16", "--steps", "5", "--out", str(run),
+                   "--device", "cpu", "--threads", "1", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / STATE_CONFIG_NAME).read_text())["step"] == 5
+    assert [r.split(",")[0] for r in (run / LOG_NAME).read_text().splitlines()] == ["step", "1", "2", "3", "4", "5"]
+
+
+def test_sample_writes_uint8_images_to_npz_and_a_png_grid(trained_run, tmp_path, capsys):
+    out = tmp_path / "samples"
+    assert main(["sample", "--checkpoint", str(trained_run), "-n", "5", "--sampler", "ddim", "--steps", "4",
+                 "--seed", "1", "--out", str(out), "--device", "cpu"]) == 0
+    with np.load(out.with_suffix(".npz")) as f:
+        images = f["images"]
+    assert images.shape == (5, 28, 28, 3) and images.dtype == np.uint8
+    assert images.std() > 0
+    with Image.open(out.with_suffix(".png")) as png:
+        assert png.mode == "RGB" and png.width > 28 * 2
+    assert f"model from local folder {trained_run}" in capsys.readouterr().err
+
+
+def test_sample_is_reproducible_from_its_seed_and_accepts_an_output_name_with_extension(trained_run, tmp_path):
+    for name in ("a", "b.png"):
+        assert main(["sample", "--checkpoint", str(trained_run), "-n", "3", "--steps", "3", "--seed", "7",
+                     "--out", str(tmp_path / name), "--device", "cpu"]) == 0
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert np.array_equal(a["images"], b["images"])
+    assert (tmp_path / "b.png").is_file()
+
+
+def test_info_prints_the_checkpoint_summary_as_json(trained_run, capsys):
+    assert main(["info", str(trained_run)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["parameters"] == 155_939 and summary["preset"] == "seed"
+    assert summary["source"] == f"local folder {trained_run}"
+    assert summary["terminal_signal_sqrt_alphas_cumprod_T"] == pytest.approx(0.36, abs=0.01)
+    assert summary["terminal_snr"] > 0 and summary["weights_dtype"] == "float32"
+    assert summary["training"]["steps"] == 3
+
+
+def test_a_missing_checkpoint_path_exits_non_zero_with_a_clear_message(tmp_path):
+    proc = run_cli("info", str(tmp_path / "no-such-run"))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ")
+    assert f"'{tmp_path / 'no-such-run'}' is neither a checkpoint folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_corrupt_checkpoint_exits_non_zero_naming_the_file(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / WEIGHTS_NAME).write_bytes(b"\0" * 100)
+    assert main(["sample", "--checkpoint", str(run), "-n", "1", "--out", str(tmp_path / "s")]) == 2
+    assert f"error: {run / WEIGHTS_NAME} is not a readable safetensors file" in capsys.readouterr().err
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_ddpm_sampling_with_fewer_steps_than_T_is_refused_clearly(trained_run, tmp_path, capsys):
+    assert main(["sample", "--checkpoint", str(trained_run), "--sampler", "ddpm", "--steps", "50", "-n", "1",
+                 "--out", str(tmp_path / "s"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "error: DDPM ancestral sampling uses all T = 200 steps; use 'ddim' or 'dpmpp' for fewer" in err
+    assert not (tmp_path / "s.npz").exists()
+
+
+@pytest.mark.parametrize("steps", ["0", "201"])
+def test_out_of_range_step_counts_are_refused_not_silently_replaced(trained_run, tmp_path, capsys, steps):
+    assert main(["sample", "--checkpoint", str(trained_run), "--sampler", "ddim", "--steps", steps, "-n", "1",
+                 "--out", str(tmp_path / "s"), "--device", "cpu"]) == 2
+    assert f"steps must be between 1 and T = 200, got {steps}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--preset", "seed", "--batch-size", "5000"], "1800 images cannot fill one batch of 5000; lower --batch-size"),
+])
+def test_train_with_bad_settings_exits_non_zero_before_training(tmp_path, capsys, args, message):
+    assert main(["train", "--subset", "--out", str(tmp_path / "run"), "--device", "cpu", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,246 @@
+"""The trainer on a tiny network: progress, stopping, exact resume, the loss log, the NaN guard, inputs."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddpm import checkpoints as ckpt
+from ddpm.checkpoints import CheckpointError, load_checkpoint
+from ddpm.data import to_model_range
+from ddpm.schedules import NoiseSchedule
+from ddpm.training import NonFiniteLossError, TrainConfig, Trainer, TrainProgress, diffusion_loss, read_training_log
+
+
+@pytest.fixture
+def make_trainer(tiny_config, tiny_schedule_config, tiny_train_config, tiny_images):
+    def make(out_dir: Path | None = None, resume: bool = False, images: torch.Tensor | None = None, **train_overrides) -> Trainer:
+        return Trainer(tiny_config, tiny_schedule_config, replace(tiny_train_config, **train_overrides),
+                       tiny_images if images is None else images, out_dir=out_dir, device="cpu", resume=resume)
+
+    return make
+
+
+def log_rows(folder: Path) -> list[dict[str, str]]:
+    with (folder / ckpt.LOG_NAME).open() as f:
+        return list(csv.DictReader(f))
+
+
+def file_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_training_lowers_the_loss_on_a_fixed_evaluation_batch(make_trainer, tiny_images, tiny_schedule_config):
+    trainer = make_trainer(lr=3e-3, max_steps=25, warmup_steps=0, ema_decay=None, augment=False, loss_weighting="none")
+    schedule = NoiseSchedule.from_config(tiny_schedule_config)
+    g = torch.Generator().manual_seed(123)
+    x0 = to_model_range(tiny_images)
+    t = torch.randint(0, schedule.num_timesteps, (len(x0),), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+
+    def eval_loss() -> float:
+        with torch.no_grad():
+            return diffusion_loss(trainer.model, schedule, x0, t, noise).item()
+
+    before = eval_loss()
+    result = trainer.train()
+    after = eval_loss()
+    assert result.steps == 25 and not result.stopped
+    assert math.isfinite(result.final_loss)
+    assert after < 0.8 * before
+
+
+def test_callback_receives_train_progress_after_every_step(make_trainer):
+    trainer = make_trainer()
+    seen: list[TrainProgress] = []
+    trainer.train(callback=seen.append)
+    assert [p.step for p in seen] == [1, 2, 3, 4, 5, 6]
+    assert all(isinstance(p, TrainProgress) and p.max_steps == 6 for p in seen)
+    assert all(math.isfinite(p.loss) and p.images_per_sec > 0 and p.elapsed_s >= 0 for p in seen)
+    # linear warm-up over 2 steps, then the configured rate
+    assert [p.lr for p in seen] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
+    assert seen[-1].eta_s == 0
+
+
+def test_stop_event_ends_training_early_and_still_saves(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path)
+    stop = threading.Event()
+
+    def on_step(p: TrainProgress) -> None:
+        if p.step == 2:
+            stop.set()
+
+    result = trainer.train(callback=on_step, stop_event=stop)
+    assert result.stopped and result.steps == 2
+    assert json.loads((tmp_path / ckpt.STATE_CONFIG_NAME).read_text())["step"] == 2
+    assert json.loads((tmp_path / ckpt.CONFIG_NAME).read_text())["training"]["steps"] == 2
+    assert [r["step"] for r in log_rows(tmp_path)] == ["1", "2"]
+    assert load_checkpoint(tmp_path).model is not None
+
+
+def test_saved_checkpoint_holds_the_ema_weights_for_sampling(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=3)
+    trainer.train()
+    loaded = load_checkpoint(tmp_path)
+    assert_same_weights(loaded.model, trainer.ema.model)
+    raw = load_file(str(tmp_path / ckpt.STATE_NAME))
+    assert all(torch.equal(raw[k], v) for k, v in trainer.model.state_dict().items())
+    assert not all(torch.equal(raw[k], v) for k, v in trainer.ema.model.state_dict().items())  # EMA ≠ raw weights
+    training = loaded.config["training"]
+    assert (training["steps"], training["batch_size"], training["num_train_images"]) == (3, 4, 16)
+
+
+def test_initial_weights_come_from_the_config_seed_not_the_global_rng(make_trainer):
+    torch.manual_seed(1)
+    a = make_trainer()
+    torch.manual_seed(2)
+    b = make_trainer()
+    c = make_trainer(seed=4)
+    assert_same_weights(a.model, b.model)
+    assert not torch.equal(a.model.conv_in.weight, c.model.conv_in.weight)
+
+
+def test_resume_continues_from_the_saved_step_with_the_same_weights_as_an_uninterrupted_run(make_trainer, tmp_path):
+    straight = make_trainer(tmp_path / "straight")
+    straight.train()
+
+    first = make_trainer(tmp_path / "resumed")
+    first.train(max_steps=3)
+    second = make_trainer(tmp_path / "resumed", resume=True)
+    assert second.step == 3
+    result = second.train()
+    assert result.steps == 6
+
+    assert_same_weights(second.model, straight.model)
+    assert_same_weights(second.ema.model, straight.ema.model)
+    for name in (ckpt.WEIGHTS_NAME, ckpt.STATE_NAME, ckpt.OPTIMIZER_NAME):
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+    assert [r["loss"] for r in log_rows(tmp_path / "resumed")] == [r["loss"] for r in log_rows(tmp_path / "straight")]
+
+
+def test_loss_log_has_one_row_per_step_and_resume_drops_rows_after_the_saved_step(make_trainer, tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path)
+    trainer.train(max_steps=3)
+    assert [r["step"] for r in log_rows(tmp_path)] == ["1", "2", "3"]
+
+    with monkeypatch.context() as m:  # a crash after step 5: steps 4-5 were logged but never saved
+        m.setattr(Trainer, "save", lambda self: None)
+        trainer.train(max_steps=5)
+    crashed = log_rows(tmp_path)
+    assert [r["step"] for r in crashed] == ["1", "2", "3", "4", "5"]
+
+    resumed = make_trainer(tmp_path, resume=True)
+    assert resumed.step == 3
+    assert [r["step"] for r in log_rows(tmp_path)] == ["1", "2", "3"]
+    resumed.train(max_steps=5)
+    rows = log_rows(tmp_path)
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in crashed]  # steps 4-5 were retrained identically
+    assert list(rows[0]) == ["step", "loss", "lr", "images_per_sec", "elapsed_s"]
+    assert read_training_log(tmp_path)["step"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_non_finite_loss_raises_naming_the_step_and_leaves_the_last_checkpoint_untouched(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.train(max_steps=2)
+    saved = file_bytes(tmp_path)
+    with torch.no_grad():
+        trainer.model.conv_in.weight[0, 0, 0, 0] = float("nan")
+
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.train(max_steps=5)
+    message = str(err.value)
+    assert "at step 3" in message
+    assert str(tmp_path) in message and "(step 2) was kept" in message
+    assert "learning rate" in message  # says what to do next
+    assert file_bytes(tmp_path) == saved  # same files, byte for byte, and no temp files
+
+
+def test_non_finite_loss_without_an_output_folder_says_nothing_was_saved(make_trainer, monkeypatch):
+    import ddpm.training
+
+    real = ddpm.training.diffusion_loss
+    calls = []
+
+    def nan_on_second_call(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(ddpm.training, "diffusion_loss", nan_on_second_call)
+    trainer = make_trainer()
+    with pytest.raises(NonFiniteLossError, match=r"at step 2; .*nothing was saved"):
+        trainer.train()
+    assert trainer.step == 1  # the NaN step was never applied
+
+
+def test_resume_without_optimizer_moments_restarts_warmup_from_the_saved_step(make_trainer, tmp_path):
+    make_trainer(tmp_path).train(max_steps=3)
+    raw = load_file(str(tmp_path / ckpt.STATE_NAME))
+    (tmp_path / ckpt.OPTIMIZER_NAME).unlink()  # shipped checkpoints leave the Adam moments out
+
+    resumed = make_trainer(tmp_path, resume=True)
+    assert resumed.step == 3 and resumed.warmup_offset == 3
+    assert all(torch.equal(raw[k], v) for k, v in resumed.model.state_dict().items())
+    assert resumed.lr_at(3) == pytest.approx(0.5e-3) and resumed.lr_at(4) == pytest.approx(1e-3)
+    result = resumed.train(max_steps=5)
+    assert result.steps == 5 and math.isfinite(result.final_loss)
+    assert (tmp_path / ckpt.OPTIMIZER_NAME).is_file()
+
+
+def test_resume_from_an_empty_folder_is_a_checkpoint_error(make_trainer, tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        make_trainer(tmp_path, resume=True)
+
+
+def test_batches_of_an_epoch_use_each_image_at_most_once(make_trainer, tiny_images):
+    trainer = make_trainer(images=tiny_images[:10], batch_size=3)
+    assert trainer.steps_per_epoch == 3
+    epochs = [torch.cat([trainer.batch_indices(s) for s in range(e * 3, e * 3 + 3)]) for e in range(3)]
+    for idx in epochs:
+        assert len(idx) == 9 and len(set(idx.tolist())) == 9 and 0 <= idx.min() and idx.max() < 10
+    assert not torch.equal(epochs[0], epochs[1])  # a new permutation each epoch
+    again = make_trainer(images=tiny_images[:10], batch_size=3)
+    assert torch.equal(again.batch_indices(4), trainer.batch_indices(4))  # seeded: reproducible
+    other_seed = make_trainer(images=tiny_images[:10], batch_size=3, seed=99)
+    assert not torch.equal(other_seed.batch_indices(0), trainer.batch_indices(0))
+
+
+@pytest.mark.parametrize("images, message", [
+    (torch.zeros(16, 3, 28, 28), "uint8"),
+    (torch.zeros(16, 1, 28, 28, dtype=torch.uint8), r"\(N, 3, H, W\)"),
+    (torch.zeros(16, 28, 28, dtype=torch.uint8), "uint8 tensor"),
+    (torch.zeros(16, 3, 32, 32, dtype=torch.uint8), "built for 28"),
+    (torch.zeros(3, 3, 28, 28, dtype=torch.uint8), "cannot fill one batch of 4"),
+])
+def test_trainer_rejects_bad_images_with_value_error(make_trainer, images, message):
+    with pytest.raises(ValueError, match=message):
+        make_trainer(images=images)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("lr", 0.0), ("lr", 0.5), ("batch_size", 0), ("max_steps", 0), ("warmup_steps", -1), ("ema_decay", 1.0),
+    ("grad_clip", 0.0), ("optimizer", "sgd"), ("loss_weighting", "p2"), ("precision", "fp16"),
+])
+def test_train_config_rejects_out_of_range_values_naming_them(field, value):
+    with pytest.raises(ValueError, match=f"invalid training settings: {field}="):
+        TrainConfig(**{field: value})
+
+
+def test_train_config_round_trips_and_ignores_the_counters_saved_beside_it(tiny_train_config):
+    saved = {**tiny_train_config.to_dict(), "steps": 6, "epochs": 1.5, "device": "cpu"}
+    assert TrainConfig.from_dict(json.loads(json.dumps(saved))) == tiny_train_config

@@ -1,0 +1,147 @@
+"""The U-Nets: shapes for every preset, the paper network's size, configs, and that they can learn."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ddpm.data import to_model_range
+from ddpm.presets import PRESETS, get_preset
+from ddpm.schedules import NoiseSchedule, ScheduleConfig
+from ddpm.training import diffusion_loss
+from ddpm.unet import AttentionBlock, ResUNet, SeedUNet, UNetConfig, build_unet, count_parameters, timestep_embedding
+
+
+def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Add noise to every weight, so zero-initialised output layers do not hide the rest of the network."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_maps_a_28x28_batch_to_the_same_shape(name):
+    torch.manual_seed(0)
+    model = perturbed(build_unet(PRESETS[name].model))
+    x = torch.randn(2, 3, 28, 28)
+    with torch.inference_mode():
+        out = model(x, torch.tensor([0, 199]))
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["small", "seed"])
+def test_presets_resized_to_64_map_a_64x64_batch_to_the_same_shape(name):
+    preset = get_preset(name, 64)
+    assert preset.model.image_size == 64
+    if name == "small":
+        assert preset.model.attention_resolutions == (16,)  # 7×7 at 28 px is the same level as 16×16 at 64 px
+    model = perturbed(build_unet(preset.model))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert model(x, torch.tensor([5])).shape == x.shape
+
+
+def test_get_preset_rejects_unknown_names_and_odd_sizes_for_the_seed_network():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        get_preset("huge")
+    with pytest.raises(ValueError, match="even image size"):
+        get_preset("seed", 27)
+
+
+def test_seed_preset_is_the_papers_155939_parameter_network():
+    model = build_unet(PRESETS["seed"].model)
+    assert isinstance(model, SeedUNet)
+    assert count_parameters(model) == 155_939  # ~0.16 M, as in the paper's notebook
+
+
+def test_preset_sizes_match_their_descriptions():
+    assert round(count_parameters(build_unet(PRESETS["small"].model)) / 1e6, 1) == 1.6
+    assert round(count_parameters(build_unet(PRESETS["large"].model)) / 1e6, 1) == 6.5
+
+
+@pytest.mark.parametrize("config", [UNetConfig(), PRESETS["seed"].model, PRESETS["large"].model,
+                                    UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                                               attention_resolutions=(14,), norm_groups=4)])
+def test_unet_config_round_trips_through_json(config):
+    again = UNetConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    assert isinstance(again.channel_mults, tuple) and isinstance(again.attention_resolutions, tuple)
+
+
+def test_unet_config_from_dict_names_unknown_keys():
+    with pytest.raises(KeyError, match="depth"):
+        UNetConfig.from_dict({**UNetConfig().to_dict(), "depth": 3})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"architecture": "transformer"}, "architecture must be"),
+    ({"image_size": 30}, "must be divisible by 4"),
+])
+def test_unet_config_rejects_invalid_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        UNetConfig(**kwargs)
+
+
+def test_network_is_rebuilt_from_its_config_alone(tiny_config, probe_input):
+    a = perturbed(build_unet(tiny_config))
+    b = build_unet(UNetConfig.from_dict(json.loads(json.dumps(a.config.to_dict()))))
+    assert isinstance(b, ResUNet)
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    assert list(a.state_dict()) == list(b.state_dict())
+    assert any(isinstance(m, AttentionBlock) for m in b.down_attn)  # attention at 14×14 was built
+    b.load_state_dict(a.state_dict())
+    with torch.inference_mode():
+        assert torch.equal(a(*probe_input), b.eval()(*probe_input))
+
+
+def test_fresh_resunet_predicts_zero_and_every_block_starts_as_identity(tiny_config, probe_input):
+    """Zero-initialised output convolutions (improved-diffusion's zero_module): the untrained net outputs 0."""
+    model = build_unet(tiny_config).eval()
+    with torch.inference_mode():
+        assert torch.equal(model(*probe_input), torch.zeros_like(probe_input[0]))
+        block = model.down_blocks[0]
+        h = torch.randn(1, tiny_config.base_channels, 28, 28)
+        assert torch.equal(block(h, torch.randn(1, tiny_config.time_embed_dim)), h)
+
+
+def test_output_depends_on_the_timestep(tiny_config):
+    model = perturbed(build_unet(tiny_config))
+    x = torch.randn(1, 3, 28, 28).repeat(2, 1, 1, 1)
+    with torch.inference_mode():
+        out = model(x, torch.tensor([0, 150]))
+    assert (out[0] - out[1]).abs().max() > 1e-3
+
+
+def test_timestep_embedding_is_cos_then_sin_of_geometric_frequencies():
+    emb = timestep_embedding(torch.tensor([0, 7]), 8)
+    assert emb.shape == (2, 8)
+    torch.testing.assert_close(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    freqs = [10_000 ** (-i / 4) for i in range(4)]
+    expected = [math.cos(7 * f) for f in freqs] + [math.sin(7 * f) for f in freqs]
+    torch.testing.assert_close(emb[1], torch.tensor(expected), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", ["resunet", "seed"])
+def test_one_optimizer_step_on_a_fixed_batch_lowers_the_diffusion_loss(architecture, tiny_config, tiny_images):
+    config = tiny_config if architecture == "resunet" else PRESETS["seed"].model
+    schedule = NoiseSchedule.from_config(ScheduleConfig() if architecture == "resunet" else ScheduleConfig.paper())
+    torch.manual_seed(0)
+    model = build_unet(config)
+    g = torch.Generator().manual_seed(0)
+    x0 = to_model_range(tiny_images[:8])
+    t = torch.randint(0, schedule.num_timesteps, (8,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    before = diffusion_loss(model, schedule, x0, t, noise)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = diffusion_loss(model, schedule, x0, t, noise)
+    assert after.item() < before.item() - 1e-3
