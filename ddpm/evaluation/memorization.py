@@ -39,15 +39,18 @@ def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
     return views
 
 
-def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 20_000,
+def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 20_000, bank_scale: float = 1.0,
                        progress: bool = False) -> Neighbours:
-    """Two nearest rows of ``bank`` (M, D) for each row of ``queries`` (N, D), Euclidean, chunked over the bank."""
+    """Two nearest rows of ``bank`` (M, D) for each row of ``queries`` (N, D), Euclidean, chunked over the bank.
+
+    The bank may stay uint8: each chunk is converted to float (times ``bank_scale``) only when used.
+    """
     q = queries.float()
     q2 = (q * q).sum(1, keepdim=True)
     best = torch.full((q.shape[0], 2), float("inf"))
     best_idx = torch.zeros((q.shape[0], 2), dtype=torch.long)
     for start in tqdm(range(0, bank.shape[0], chunk), desc="nearest neighbours", disable=not progress):
-        b = bank[start:start + chunk].float()
+        b = bank[start:start + chunk].float() * bank_scale
         d2 = (q2 - 2 * q @ b.T + (b * b).sum(1)[None]).clamp_(min=0)  # (N, chunk) squared distances
         vals, idx = torch.topk(d2, min(2, b.shape[0]), dim=1, largest=False)
         cand, cand_idx = torch.cat([best, vals], 1), torch.cat([best_idx, idx + start], 1)
@@ -60,11 +63,11 @@ def pixel_neighbours(generated: torch.Tensor, train: torch.Tensor, dihedral: boo
                      progress: bool = False) -> Neighbours:
     """Nearest training patches in pixel space ([0, 1] scale, L2 over all 3·H·W values), the best over
     the 8 orientations of each generated patch when ``dihedral``. Both (N, 3, H, W) uint8."""
-    bank = train.reshape(train.shape[0], -1).float() / 255
+    bank = train.reshape(train.shape[0], -1)  # stays uint8: 90k patches as float32 would take 850 MB
     views = dihedral_views(generated) if dihedral else [generated]
     result = None
     for v in views:
-        nb = nearest_neighbours(v.reshape(v.shape[0], -1).float() / 255, bank, progress=progress)
+        nb = nearest_neighbours(v.reshape(v.shape[0], -1).float() / 255, bank, bank_scale=1 / 255, progress=progress)
         result = nb if result is None else _merge(result, nb)
     return result
 

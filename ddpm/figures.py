@@ -1,0 +1,316 @@
+"""Every figure of the app: functions that take arrays or dicts and return a Plotly figure.
+
+Images arrive as uint8 (N, H, W, 3) numpy arrays (``data.to_hwc_numpy``) and are drawn as one
+``go.Image`` per panel, encoded as a PNG data URI (compact, and the browser draws pixels crisply).
+Nothing here imports Streamlit; tests check traces and frames directly.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .data import CLASS_NAMES, image_grid
+from .schedules import NoiseSchedule
+
+REAL_COLOR = "#6c757d"
+GENERATED_COLOR = "#b03a7a"  # eosin pink
+PALETTE = ("#b03a7a", "#3a5ab0", "#2f9e6e", "#d98b2b")
+CHANNEL_COLORS = ("#d62728", "#2ca02c", "#1f77b4")
+
+#: What each evaluation metric means and which direction is better (keys of the evaluation report).
+METRIC_INFO: dict[str, tuple[str, str]] = {
+    "fd": ("Fréchet distance (encoder features)", "lower is better"),
+    "kid_mean": ("kernel inception-style distance (KID)", "lower is better"),
+    "precision": ("precision: samples that look real", "higher is better"),
+    "recall": ("recall: real variety the samples cover", "higher is better"),
+    "density": ("density", "about 1 is ideal"),
+    "coverage": ("coverage", "higher is better"),
+    "class_tv": ("tissue-mix distance (TV)", "lower is better"),
+    "memorization_share": ("share of near-copies (pixels)", "lower is better"),
+    "memorization_share_encoder": ("share of near-copies (encoder)", "lower is better"),
+}
+
+
+def png_data_uri(image_hwc: np.ndarray) -> str:
+    """A uint8 (H, W, 3) array as a ``data:image/png;base64,…`` URI."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image_hwc)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _image_trace(image_hwc: np.ndarray, name: str = "") -> go.Image:
+    return go.Image(source=png_data_uri(image_hwc), name=name, hoverinfo="skip")
+
+
+def _hide_axes(fig: go.Figure) -> go.Figure:
+    fig.update_xaxes(visible=False, showgrid=False)
+    fig.update_yaxes(visible=False, showgrid=False)
+    return fig
+
+
+def _grid(images_hwc: np.ndarray, ncols: int | None) -> np.ndarray:
+    images_hwc = np.asarray(images_hwc)
+    if images_hwc.ndim != 4 or images_hwc.shape[-1] != 3 or images_hwc.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (N, H, W, 3), got {images_hwc.dtype} {images_hwc.shape}")
+    return image_grid(images_hwc, ncols)
+
+
+def image_grid_figure(images_hwc: np.ndarray, ncols: int | None = None, title: str | None = None,
+                      height: int = 360) -> go.Figure:
+    """One tiled grid of patches. images_hwc: (N, H, W, 3) uint8."""
+    fig = go.Figure(_image_trace(_grid(images_hwc, ncols), title or "images"))
+    fig.update_layout(title=title, height=height, margin=dict(l=0, r=0, t=40 if title else 0, b=0))
+    return _hide_axes(fig)
+
+
+def side_by_side_figure(left_hwc: np.ndarray, right_hwc: np.ndarray, left_title: str, right_title: str,
+                        ncols: int | None = None, height: int = 380) -> go.Figure:
+    """Two grids next to each other (e.g. generated | real), one image trace each."""
+    fig = make_subplots(1, 2, subplot_titles=(left_title, right_title), horizontal_spacing=0.04)
+    fig.add_trace(_image_trace(_grid(left_hwc, ncols), left_title), 1, 1)
+    fig.add_trace(_image_trace(_grid(right_hwc, ncols), right_title), 1, 2)
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=40, b=0), showlegend=False)
+    return _hide_axes(fig)
+
+
+def schedule_curves_figure(schedules: Mapping[str, NoiseSchedule], t: int | None = None,
+                           highlight: str | None = None) -> go.Figure:
+    """ᾱ_t, √ᾱ_t and SNR(t) against t = 1 … T for each named schedule; a dotted line marks ``t``.
+
+    One trace per schedule and panel (3 · len(schedules) traces); SNR is on a log axis, so a zero
+    terminal SNR shows as the curve leaving the plot at t = T.
+    """
+    fig = make_subplots(1, 3, subplot_titles=("ᾱ_t (signal variance kept)", "√ᾱ_t (signal amplitude)",
+                                              "SNR(t) = ᾱ_t / (1 - ᾱ_t)"), horizontal_spacing=0.07)
+    for k, (name, sched) in enumerate(schedules.items()):
+        ts = np.arange(1, sched.num_timesteps + 1)
+        color = PALETTE[k % len(PALETTE)]
+        faded = highlight is not None and name != highlight
+        style = dict(color=color, width=1.5 if faded else 3, dash="dot" if faded else "solid")
+        snr = sched.snr.numpy().copy()
+        snr[snr <= 0] = np.nan  # log axis: SNR 0 is drawn as the curve's end
+        for col, values in enumerate((sched.alphas_cumprod.numpy(), sched.sqrt_alphas_cumprod.numpy(), snr), start=1):
+            fig.add_trace(go.Scatter(x=ts, y=values, name=name, legendgroup=name, showlegend=col == 1,
+                                     line=style, mode="lines"), 1, col)
+    if t is not None and t > 0:
+        for col in (1, 2, 3):
+            fig.add_vline(x=t, line=dict(color="black", dash="dot", width=1), row=1, col=col)
+    fig.update_yaxes(type="log", row=1, col=3)
+    fig.update_xaxes(title_text="t")
+    fig.update_layout(height=330, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=-0.35))
+    return fig
+
+
+def pixel_histogram_figure(x_t: np.ndarray, x_0: np.ndarray | None = None, t: int | None = None,
+                           bins: int = 80, value_range: tuple[float, float] = (-4.0, 4.0)) -> go.Figure:
+    """Histogram (density) of the pixel values of x_t in model units, with the N(0, 1) density it drifts to.
+
+    Traces: "x_t" (bars), optionally "x_0" (outline bars, the clean data), and "N(0, 1)" (a line).
+    """
+    edges = np.linspace(*value_range, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    width = edges[1] - edges[0]
+    fig = go.Figure()
+    if x_0 is not None:
+        h0, _ = np.histogram(np.asarray(x_0, dtype=np.float64).ravel(), bins=edges, density=True)
+        fig.add_trace(go.Bar(x=centres, y=h0, width=width, name="x_0 (clean patches)", marker_color=REAL_COLOR, opacity=0.35))
+    h, _ = np.histogram(np.asarray(x_t, dtype=np.float64).ravel(), bins=edges, density=True)
+    label = f"x_t at t = {t}" if t is not None else "x_t"
+    fig.add_trace(go.Bar(x=centres, y=h, width=width, name=label, marker_color=GENERATED_COLOR, opacity=0.75))
+    grid = np.linspace(*value_range, 200)
+    fig.add_trace(go.Scatter(x=grid, y=np.exp(-grid**2 / 2) / math.sqrt(2 * math.pi), name="N(0, 1)",
+                             line=dict(color="black", width=2)))
+    fig.update_layout(barmode="overlay", height=330, margin=dict(l=10, r=10, t=30, b=10),
+                      xaxis_title="pixel value (model units, data in [-1, 1])", yaxis_title="density",
+                      yaxis_range=[0, 1.2], legend=dict(orientation="h", yanchor="bottom", y=1.0))
+    return fig
+
+
+def trajectory_times(timesteps: Sequence[int]) -> list[int]:
+    """The paper time of the sample shown at each frame of a ``pipeline.Trajectory``.
+
+    Frame 0 is x_T; after step i the sample sits at the next step's t (index + 1), and after the
+    last step at t = 0.
+    """
+    n = len(timesteps)
+    return [int(timesteps[0])] + [int(timesteps[i + 1]) + 1 if i + 1 < n else 0 for i in range(1, n)]
+
+
+def frame_indices(num_frames: int, max_frames: int) -> list[int]:
+    """At most ``max_frames`` evenly spaced frame indices, always keeping the first and the last."""
+    if num_frames <= max_frames:
+        return list(range(num_frames))
+    return sorted(set(np.linspace(0, num_frames - 1, max_frames).round().astype(int).tolist()))
+
+
+def denoising_animation_figure(samples: np.ndarray, pred_x0: np.ndarray, timesteps: Sequence[int],
+                               ncols: int | None = None, max_frames: int = 50, frame_ms: int = 120,
+                               height: int = 420) -> go.Figure:
+    """x_t and the predicted x̂₀ side by side, one Plotly frame per shown step, with play / pause and a slider.
+
+    samples, pred_x0: (S + 1, B, H, W, 3) uint8 as in ``pipeline.Trajectory``; timesteps: its ``timesteps``.
+    Long runs (DDPM) are thinned to ``max_frames`` frames; the first (pure noise) and the last (the
+    final images) are always kept. The figure opens on the final frame.
+    """
+    if samples.shape != pred_x0.shape or samples.shape[0] != len(timesteps):
+        raise ValueError(f"samples {samples.shape}, pred_x0 {pred_x0.shape} and {len(timesteps)} timesteps do not match")
+    times = trajectory_times(timesteps)
+    shown = frame_indices(samples.shape[0], max_frames)
+    total = samples.shape[0] - 1
+
+    def panels(i: int) -> list[go.Image]:
+        return [_image_trace(_grid(samples[i], ncols), "x_t"), _image_trace(_grid(pred_x0[i], ncols), "predicted x̂₀")]
+
+    def label(i: int) -> str:
+        return f"step {i}/{total} · t = {times[i]}"
+
+    last = shown[-1]
+    fig = make_subplots(1, 2, subplot_titles=("x_t: the sample being denoised", "x̂₀: the model's guess of the final image"),
+                        horizontal_spacing=0.04)
+    for col, trace in enumerate(panels(last), start=1):
+        fig.add_trace(trace, 1, col)
+    fig.frames = [go.Frame(data=panels(i), traces=[0, 1], name=str(i)) for i in shown]
+    play = dict(label="▶ Play", method="animate",
+                args=[None, dict(frame=dict(duration=frame_ms, redraw=True), fromcurrent=True, mode="immediate",
+                                 transition=dict(duration=0))])
+    pause = dict(label="❚❚ Pause", method="animate",
+                 args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate", transition=dict(duration=0))])
+    steps = [dict(label=label(i), method="animate",
+                  args=[[str(i)], dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))])
+             for i in shown]
+    fig.update_layout(
+        height=height, margin=dict(l=0, r=0, t=40, b=10), showlegend=False,
+        updatemenus=[dict(type="buttons", direction="left", buttons=[play, pause], x=0, y=-0.02,
+                          xanchor="left", yanchor="top", pad=dict(t=10, r=10), showactive=False)],
+        sliders=[dict(active=len(shown) - 1, steps=steps, x=0.18, len=0.82, y=-0.02, yanchor="top",
+                      currentvalue=dict(visible=True), font=dict(color="rgba(0,0,0,0)"),  # ticks too dense to label
+                      pad=dict(t=10))],
+    )
+    return _hide_axes(fig)
+
+
+def smooth(values: Sequence[float], weight: float = 0.95) -> np.ndarray:
+    """Debiased exponential moving average (as TensorBoard's smoothing slider): s_i = EMA_i / (1 - weight^(i+1))."""
+    if not 0 <= weight < 1:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+    out, acc = np.empty(len(values)), 0.0
+    for i, v in enumerate(values):
+        acc = weight * acc + (1 - weight) * float(v)
+        out[i] = acc / (1 - weight ** (i + 1))
+    return out
+
+
+def loss_curve_figure(steps: Sequence[int], losses: Sequence[float], smoothing: float = 0.95,
+                      max_points: int = 2000, title: str | None = None) -> go.Figure:
+    """Training loss against step: the raw values (thin) and their smoothed curve (thick), on a log axis."""
+    steps, losses = np.asarray(steps), np.asarray(losses, dtype=np.float64)
+    smoothed = smooth(losses, smoothing) if len(losses) else losses
+    keep = np.asarray(frame_indices(len(steps), max_points), dtype=int) if len(steps) else np.zeros(0, int)
+    fig = go.Figure([
+        go.Scatter(x=steps[keep], y=losses[keep], name="loss (raw)", mode="lines", line=dict(color="#c7a0b8", width=1)),
+        go.Scatter(x=steps[keep], y=smoothed[keep], name="loss (smoothed)", mode="lines", line=dict(color=GENERATED_COLOR, width=3)),
+    ])
+    fig.update_layout(title=title, height=320, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                      xaxis_title="step", yaxis_title="loss", yaxis_type="log",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0))
+    return fig
+
+
+def class_histogram_figure(generated: Sequence[float], real: Sequence[float],
+                           class_names: Sequence[str] = CLASS_NAMES,
+                           labels: tuple[str, str] = ("generated (encoder's call)", "training data")) -> go.Figure:
+    """Share of each tissue class among generated patches (as the encoder classifies them) and real ones."""
+    if not len(generated) == len(real) == len(class_names):
+        raise ValueError(f"need one share per class ({len(class_names)}), got {len(generated)} and {len(real)}")
+    fig = go.Figure([
+        go.Bar(x=list(class_names), y=list(generated), name=labels[0], marker_color=GENERATED_COLOR),
+        go.Bar(x=list(class_names), y=list(real), name=labels[1], marker_color=REAL_COLOR),
+    ])
+    fig.update_layout(barmode="group", height=340, yaxis_title="share", yaxis_tickformat=".0%",
+                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", yanchor="bottom", y=1.0))
+    return fig
+
+
+def color_histogram_figure(generated: np.ndarray, real: np.ndarray) -> go.Figure:
+    """Per-channel intensity histograms (3, bins) of generated and real patches: one panel per channel,
+    a solid line for generated and a dotted one for real (6 traces)."""
+    generated, real = np.asarray(generated, dtype=float), np.asarray(real, dtype=float)
+    if generated.shape != real.shape or generated.ndim != 2 or generated.shape[0] != 3:
+        raise ValueError(f"need two (3, bins) histograms, got {generated.shape} and {real.shape}")
+    bins = generated.shape[1]
+    x = (np.arange(bins) + 0.5) * 256 / bins
+    fig = make_subplots(1, 3, subplot_titles=("red", "green", "blue"), shared_yaxes=True, horizontal_spacing=0.03)
+    for c, color in enumerate(CHANNEL_COLORS):
+        fig.add_trace(go.Scatter(x=x, y=generated[c], name="generated", legendgroup="generated", showlegend=c == 0,
+                                 line=dict(color=color, width=2.5)), 1, c + 1)
+        fig.add_trace(go.Scatter(x=x, y=real[c], name="real", legendgroup="real", showlegend=c == 0,
+                                 line=dict(color=color, width=2, dash="dot")), 1, c + 1)
+    fig.update_xaxes(title_text="intensity", range=[0, 256])
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", yanchor="bottom", y=1.08))
+    return fig
+
+
+def memorization_figure(generated_hwc: np.ndarray, nearest_hwc: np.ndarray, distances: Sequence[float],
+                        ratios: Sequence[float] | None = None, copy_ratio: float = 1 / 3) -> go.Figure:
+    """Each generated patch (top row) above its nearest training patch (bottom row), titled with the
+    pixel distance d (and the ratio to the second-nearest, flagged when under ``copy_ratio``)."""
+    k = len(generated_hwc)
+    if not k or len(nearest_hwc) != k or len(distances) != k or (ratios is not None and len(ratios) != k):
+        raise ValueError("need as many nearest patches, distances (and ratios) as generated patches")
+    titles = []
+    for i in range(k):
+        t = f"d = {distances[i]:.2f}"
+        if ratios is not None:
+            t += f"<br>ratio {ratios[i]:.2f}" + (" ⚠ copy?" if ratios[i] < copy_ratio else "")
+        titles.append(t)
+    fig = make_subplots(2, k, subplot_titles=titles + [""] * k, horizontal_spacing=0.01, vertical_spacing=0.04,
+                        row_titles=["generated", "nearest training"])
+    for i in range(k):
+        fig.add_trace(_image_trace(generated_hwc[i], f"generated {i}"), 1, i + 1)
+        fig.add_trace(_image_trace(nearest_hwc[i], f"nearest {i}"), 2, i + 1)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(height=300, margin=dict(l=0, r=30, t=50, b=0), showlegend=False)
+    return _hide_axes(fig)
+
+
+def ratio_histogram_figure(counts: Sequence[int], copy_ratio: float = 1 / 3) -> go.Figure:
+    """Histogram (20 bins on [0, 1]) of d₁/d₂, the nearest-over-second-nearest training distance; the
+    dotted line is the copy threshold."""
+    counts = np.asarray(counts)
+    edges = np.linspace(0, 1, len(counts) + 1)
+    fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=edges[1] - edges[0],
+                           marker_color=GENERATED_COLOR, name="generated patches"))
+    fig.add_vline(x=copy_ratio, line=dict(color="black", dash="dot"), annotation_text="copy threshold")
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="d₁ / d₂ (nearest / second nearest)",
+                      yaxis_title="patches", xaxis_range=[0, 1])
+    return fig
+
+
+def metrics_table_figure(report: Mapping) -> go.Figure:
+    """A table of the evaluation metrics: generated, the real-versus-real floor and, if measured, the
+    centre shift (another hospital's real patches). ``report`` is an evaluation report dict."""
+    metrics, floor, shift = report.get("metrics", {}), report.get("floor", {}), report.get("centre_shift")
+    keys = [k for k in METRIC_INFO if k in metrics]
+
+    def fmt(d: Mapping | None, k: str) -> str:
+        return "–" if not d or k not in d else f"{d[k]:.4g}"
+
+    columns = [[METRIC_INFO[k][0] for k in keys], [METRIC_INFO[k][1] for k in keys],
+               [fmt(metrics, k) for k in keys], [fmt(floor, k) for k in keys]]
+    header = ["metric", "", "generated", "real vs real (floor)"]
+    if shift:
+        columns.append([fmt(shift, k) for k in keys])
+        header.append("other centre (shift)")
+    fig = go.Figure(go.Table(header=dict(values=header, fill_color="#f3e6ee", align="left", font=dict(size=13)),
+                             cells=dict(values=columns, align="left", height=26)))
+    fig.update_layout(height=60 + 27 * len(keys), margin=dict(l=0, r=0, t=0, b=0))
+    return fig

@@ -1,0 +1,79 @@
+"""Checkpoints a visitor uploads: checked for size, layout and shape, loaded, and never kept.
+
+An upload is a zip holding ``config.json`` and ``model.safetensors`` (what the app's download gives),
+or those two files uploaded together.  Nothing is unpickled or executed: the config is JSON and the
+weights are safetensors.  The files live in a temporary folder only while they are read.
+"""
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from . import checkpoints as ckpt
+
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # a 12 M-parameter float32 network; the app's models are far smaller
+WANTED = (ckpt.CONFIG_NAME, ckpt.WEIGHTS_NAME)
+
+
+def _from_zip(data: bytes, max_bytes: int) -> dict[str, bytes]:
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as err:
+        raise ckpt.CheckpointError(f"the uploaded file is not a readable zip ({err}); upload the zip the app's "
+                                   f"Train page gives, or {ckpt.CONFIG_NAME} and {ckpt.WEIGHTS_NAME} together") from err
+    found: dict[str, bytes] = {}
+    with zf:
+        for info in zf.infolist():
+            name = PurePosixPath(info.filename).name  # folders inside the zip are ignored, paths never used
+            if name not in WANTED or info.is_dir():
+                continue
+            if info.file_size > max_bytes:
+                raise ckpt.CheckpointError(f"{name} in the zip is {info.file_size / 1e6:.0f} MB unpacked; "
+                                           f"the limit is {max_bytes / 1e6:.0f} MB")
+            found[name] = zf.read(info)
+    return found
+
+
+def collect_upload(files: list[tuple[str, bytes]], max_bytes: int = MAX_UPLOAD_BYTES) -> dict[str, bytes]:
+    """{config.json: bytes, model.safetensors: bytes} from uploaded (name, bytes) pairs, or a CheckpointError."""
+    total = sum(len(data) for _, data in files)
+    if total > max_bytes:
+        raise ckpt.CheckpointError(f"the upload is {total / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+    found: dict[str, bytes] = {}
+    for name, data in files:
+        if name.lower().endswith(".zip"):
+            found.update(_from_zip(data, max_bytes))
+        elif PurePosixPath(name).name in WANTED:
+            found[PurePosixPath(name).name] = data
+        else:
+            raise ckpt.CheckpointError(f"{name!r} is not a checkpoint file: upload a .zip, or {ckpt.CONFIG_NAME} "
+                                       f"and {ckpt.WEIGHTS_NAME}")
+    missing = [n for n in WANTED if n not in found]
+    if missing:
+        raise ckpt.CheckpointError(f"the upload lacks {missing}: a checkpoint needs both {ckpt.CONFIG_NAME} and "
+                                   f"{ckpt.WEIGHTS_NAME}")
+    return found
+
+
+def load_upload(files: list[tuple[str, bytes]], image_size: int = 28, channels: int = 3,
+                max_bytes: int = MAX_UPLOAD_BYTES) -> ckpt.Checkpoint:
+    """A Checkpoint from uploaded files, for a network of ``channels`` × ``image_size``² images.
+
+    Raises CheckpointError (with what was wrong) for a corrupt, oversize, incomplete or mismatched upload.
+    """
+    found = collect_upload(files, max_bytes)
+    with tempfile.TemporaryDirectory(prefix="ddpm-upload-") as tmp:
+        for name, data in found.items():
+            (Path(tmp) / name).write_bytes(data)
+        try:
+            loaded = ckpt.load_local(tmp, source="your uploaded checkpoint")
+        except ckpt.CheckpointError as err:  # name the upload, not the temporary folder
+            raise ckpt.CheckpointError(str(err).replace(f"{tmp}/", "uploaded ").replace(tmp, "the upload")) from None
+    loaded.path = None  # the temporary folder is gone
+    cfg = loaded.model_config
+    if cfg.image_size != image_size or cfg.in_channels != channels:
+        raise ckpt.CheckpointError(f"the uploaded model makes {cfg.in_channels}×{cfg.image_size}×{cfg.image_size} images; "
+                                   f"this app shows PathMNIST at {channels}×{image_size}×{image_size}")
+    return loaded

@@ -1,0 +1,243 @@
+"""What every page shares: the cached model, data and registries, the model picker, cached sampling.
+
+Heavy objects live in ``st.cache_resource`` (one per server, shared by every visitor); the few
+per-visitor values live in ``st.session_state`` under these keys:
+
+    visitor            a short anonymous name shown to others while this visitor trains
+    model_name         the model picked in the sidebar (kept across pages; widget key model_picker)
+    uploaded_model     (digest, Checkpoint) of a checkpoint this visitor uploaded (memory only)
+    train_job          id of this visitor's training job in the registry
+    train_seen_active  whether the Train page last saw that job running (to redraw when it ends)
+    reverse            the Reverse page's sampling settings
+    home_seed          the Home page's sample draw
+    forward_seed       the Forward page's patch / noise draw
+    evaluation         {model key: report} of evaluations this visitor ran
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError, load_checkpoint, load_local
+from ddpm.data import ImageSet, load_images, to_hwc_numpy
+from ddpm.jobs import JobLimits, JobRegistry, ResultCache
+from ddpm.pipeline import Trajectory, generate, trajectory
+from ddpm.uploads import MAX_UPLOAD_BYTES, load_upload
+
+# One intra-op thread per computation: visitors' sampling and a training job run side by side on a
+# 2-core Space, and two-thread OpenMP teams on busy cores spend most of their time waiting on each
+# other. DDPM_TORCH_THREADS overrides it, e.g. on a machine with more cores.
+torch.set_num_threads(int(os.environ.get("DDPM_TORCH_THREADS", "1")))
+
+MODEL_ENV = "DDPM_MODEL"  # which checkpoint is "the pretrained model": a shipped name, a folder or a Hub repo
+PLOTLY_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
+PRETRAINED, PAPER, RUN, UPLOAD = "pretrained", "paper", "run", "upload"
+MODEL_LABELS = {PRETRAINED: "Pretrained model (default)", PAPER: "Paper's setup (seed)",
+                RUN: "Your training run", UPLOAD: "Your uploaded checkpoint"}
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    key: str  # identifies the weights in caches: same key, same images
+    label: str
+    checkpoint: Checkpoint
+
+
+# ---- server-wide resources --------------------------------------------------------------------
+@st.cache_resource(show_spinner="Loading the model…")
+def _load_shipped(source: str) -> tuple[Checkpoint | None, str | None]:
+    """(checkpoint, None) or (None, why not); failures are cached too, so the Hub is tried once."""
+    try:
+        return load_checkpoint(source), None
+    except CheckpointError as err:
+        return None, str(err)
+
+
+@st.cache_resource(show_spinner="Loading PathMNIST…")
+def real_images() -> tuple[ImageSet, str | None]:
+    """The training split (or the bundled subset, with the reason as the second item)."""
+    return load_images("train")
+
+
+@st.cache_resource
+def job_registry() -> JobRegistry:
+    return JobRegistry(JobLimits.from_env())
+
+
+@st.cache_resource
+def results() -> ResultCache:
+    """Finished sampling runs, keyed by model, sampler, steps, seed and count."""
+    return ResultCache(max_entries=24)
+
+
+@st.cache_resource(show_spinner="Loading the tissue encoder…")
+def tissue_encoder():
+    """(encoder, None) or (None, why not): the evaluation package and its weights are optional."""
+    try:
+        from ddpm.evaluation.encoder import load_encoder
+
+        return load_encoder(), None
+    except (ImportError, CheckpointError) as err:
+        return None, f"the tissue encoder is not available ({err})"
+
+
+def limits() -> JobLimits:
+    return job_registry().limits
+
+
+def visitor() -> str:
+    if "visitor" not in st.session_state:
+        st.session_state["visitor"] = f"visitor {uuid.uuid4().hex[:4]}"
+    return st.session_state["visitor"]
+
+
+def show(fig, key: str) -> None:
+    st.plotly_chart(fig, key=key, config=PLOTLY_CONFIG)
+
+
+# ---- the model in use -------------------------------------------------------------------------
+def _run_checkpoint() -> tuple[str, Checkpoint] | None:
+    """(job id, checkpoint) of this visitor's finished training run, if it saved one."""
+    snap = job_registry().get(st.session_state.get("train_job"))
+    if snap is None or snap.active or not snap.has_checkpoint:
+        return None
+    return snap.id, results().get_or_compute(("run-checkpoint", snap.id),
+                                             lambda: load_local(snap.out_dir, source="your training run"))
+
+
+def load_model(choice: str) -> tuple[ActiveModel | None, str | None]:
+    """The model behind a picker choice, or (None, why it is not available)."""
+    if choice == RUN:
+        run = _run_checkpoint()
+        if run is None:
+            return None, "you have no finished training run with a saved checkpoint"
+        return ActiveModel(f"run:{run[0]}", MODEL_LABELS[RUN], run[1]), None
+    if choice == UPLOAD:
+        if "uploaded_model" not in st.session_state:
+            return None, "you have not uploaded a checkpoint"
+        digest, ckpt = st.session_state["uploaded_model"]
+        return ActiveModel(f"upload:{digest}", MODEL_LABELS[UPLOAD], ckpt), None
+    source = os.environ.get(MODEL_ENV, "default") if choice == PRETRAINED else "seed"
+    ckpt, error = _load_shipped(source)
+    if ckpt is None:
+        return None, error
+    return ActiveModel(f"shipped:{source}", MODEL_LABELS[choice], ckpt), None
+
+
+def _upload_box() -> None:
+    with st.sidebar.expander("Use your own checkpoint"):
+        files = st.file_uploader(f"A .zip from the Train page, or config.json + model.safetensors "
+                                 f"(at most {MAX_UPLOAD_BYTES // 2**20} MB). Kept in memory for this session only.",
+                                 type=["zip", "json", "safetensors"], accept_multiple_files=True, key="model_upload")
+        if not files:
+            return
+        payload = [(f.name, f.getvalue()) for f in files]
+        digest = hashlib.sha256(b"".join(d for _, d in payload)).hexdigest()[:12]
+        if st.session_state.get("uploaded_model", (None,))[0] == digest:
+            return
+        try:
+            st.session_state["uploaded_model"] = (digest, load_upload(payload))
+            st.session_state["model_name"] = st.session_state["model_picker"] = UPLOAD
+            st.success("Checkpoint loaded and now in use.")
+        except CheckpointError as err:
+            st.error(f"This upload cannot be used: {err}")
+
+
+def model_picker() -> ActiveModel:
+    """Sidebar model choice (shared by the pages that sample); stops the page with a message if it cannot load."""
+    _upload_box()
+    options = [PRETRAINED, PAPER]
+    if _run_checkpoint() is not None:
+        options.append(RUN)
+    if "uploaded_model" in st.session_state:
+        options.append(UPLOAD)
+    wanted = st.session_state.get("model_name", PRETRAINED)
+    if st.session_state.get("model_picker") not in options:
+        st.session_state["model_picker"] = wanted if wanted in options else PRETRAINED
+    choice = st.sidebar.selectbox("Model", options, format_func=MODEL_LABELS.get, key="model_picker")
+    st.session_state["model_name"] = choice
+    model, error = load_model(choice)
+    if model is None:
+        st.error(f"The {MODEL_LABELS[choice].lower()} cannot be loaded: {error}")
+        st.stop()
+    for warning in model.checkpoint.warnings:
+        st.sidebar.caption(f"Note: {warning}; using the copy shipped with the app.")
+    return model
+
+
+# ---- evaluation reports (the one place that knows the evaluation package's API) ---------------
+def evaluation_report(model: ActiveModel) -> tuple[dict | None, str | None]:
+    """(report, where it came from): this visitor's fresh evaluation of the model, else the precomputed
+    evaluation.json beside its weights (or beside the shipped copy), else (None, None)."""
+    fresh = st.session_state.get("evaluation", {}).get(model.key)
+    if fresh is not None:
+        return fresh, "your evaluation in this session"
+    for folder in (model.checkpoint.path, SHIPPED_DIR / model.key.removeprefix("shipped:")):
+        path = Path(folder) / "evaluation.json" if folder is not None else None
+        if path is not None and path.is_file():
+            try:
+                return json.loads(path.read_text()), f"precomputed ({path.parent.name}/evaluation.json)"
+            except (OSError, json.JSONDecodeError) as err:
+                st.warning(f"{path} cannot be read ({err}); run a fresh evaluation instead.")
+    return None, None
+
+
+def run_evaluation(model: ActiveModel, images, progress) -> dict:
+    """Score generated uint8 (N, 3, H, W) images; ``progress(fraction, message)``. Stores the report."""
+    from ddpm.evaluation.report import evaluate_images
+
+    report = evaluate_images(images, callback=progress)
+    st.session_state.setdefault("evaluation", {})[model.key] = report
+    return report
+
+
+# ---- cached sampling with a progress bar ------------------------------------------------------
+def _with_progress(key: tuple, text: str, compute):
+    hit = results().get(key)
+    if hit is not None:
+        return hit
+    bar = st.progress(0.0, text=text)
+    value = results().get_or_compute(key, lambda: compute(lambda done, total: bar.progress(done / total, text=f"{text} {done}/{total}")))
+    bar.empty()
+    return value
+
+
+def cached_trajectory(model: ActiveModel, sampler: str, steps: int | None, seed: int, n: int) -> Trajectory:
+    """The whole reverse run, computed once per (model, sampler, steps, seed, n) for the whole server."""
+    schedule = model.checkpoint.schedule
+    return _with_progress(("trajectory", model.key, sampler, steps, seed, n), "Denoising… step",
+                          lambda cb: trajectory(model.checkpoint.model, schedule, n, sampler, steps, seed, callback=cb))
+
+
+def cached_samples(model: ActiveModel, n: int, seed: int, sampler: str = "dpmpp", steps: int = 20) -> np.ndarray:
+    """``n`` generated patches, uint8 (n, H, W, 3), computed once per (model, sampler, steps, seed, n)."""
+    schedule = model.checkpoint.schedule
+    steps = None if sampler == "ddpm" else min(steps, schedule.num_timesteps)
+    return _with_progress(("samples", model.key, sampler, steps, seed, n), "Sampling… step",
+                          lambda cb: to_hwc_numpy(generate(model.checkpoint.model, schedule, n, sampler, steps, seed,
+                                                           callback=cb)))
+
+
+# ---- the training job's heartbeat, from whichever page the visitor is on -----------------------
+@st.fragment(run_every=15)
+def _heartbeat() -> None:
+    job_id = st.session_state.get("train_job")
+    if job_id:
+        job_registry().heartbeat(job_id)
+
+
+def keep_training_alive() -> None:
+    """While this visitor's job runs, tell the registry they are still here (every 15 s, any page)."""
+    snap = job_registry().get(st.session_state.get("train_job"))
+    if snap is not None and snap.active:
+        job_registry().heartbeat(snap.id)
+        _heartbeat()
+

@@ -1,0 +1,75 @@
+"""Compare: generated against real patches, measured, with the real-versus-real floor and a memorization check."""
+import streamlit as st
+
+from ddpm.data import CLASS_NAMES, to_chw_tensor, to_hwc_numpy, to_uint8
+from ddpm.explain import patches_like, pick_patches
+from ddpm.figures import (class_histogram_figure, color_histogram_figure, memorization_figure, metrics_table_figure,
+                          ratio_histogram_figure, side_by_side_figure)
+from ddpm.pipeline import generate
+from pages._shared import (cached_samples, evaluation_report, keep_training_alive, limits, model_picker, real_images,
+                           results, run_evaluation, show, tissue_encoder)
+
+keep_training_alive()
+st.title("Compare")
+st.write("Does it look like tissue, and which tissue? Generated patches beside real ones, then numbers measured in a "
+         "tissue classifier's feature space, each next to the score real patches get against each other (the floor).")
+
+model = model_picker()
+real, data_warning = real_images()
+encoder, encoder_error = tissue_encoder()
+generated = cached_samples(model, 16, seed=0)
+
+st.subheader("Generated beside real")
+if encoder is not None:
+    from ddpm.evaluation.encoder import encoder_outputs
+
+    labels = encoder_outputs(encoder, to_chw_tensor(generated))[1].argmax(1)
+    real_side, title = patches_like(real, labels, seed=0), "real, the same tissue classes"
+    st.caption("The encoder's call for each generated patch, row by row: " + ", ".join(CLASS_NAMES[i] for i in labels) + ".")
+else:
+    real_side, title = pick_patches(real, None, 16, seed=0)[0], "real, random classes"
+    st.caption(f"Real patches are random: {encoder_error}.")
+show(side_by_side_figure(generated, to_hwc_numpy(real_side), f"generated ({model.label.lower()})", title, ncols=4),
+     key="cmp_pairs")
+
+st.subheader("Memorization: each sample beside its nearest training patch")
+try:
+    from ddpm.evaluation.memorization import pixel_neighbours
+
+    nn = results().get_or_compute(("nearest", model.key, len(real)),
+                                  lambda: pixel_neighbours(to_chw_tensor(generated[:8]), real.images))
+    show(memorization_figure(generated[:8], to_hwc_numpy(real.images[nn.index]), nn.distance, nn.ratio), key="cmp_memo")
+    st.caption(f"d: pixel distance to the nearest of {len(real):,} training patches (values in [0, 1], best of the 8 flips "
+               "and rotations). ratio: nearest over second-nearest distance; under 1/3 suggests a copy.")
+except ImportError as err:
+    st.info(f"The memorization check needs ddpm.evaluation ({err}).")
+
+st.subheader("Metrics")
+report, origin = evaluation_report(model)
+if report is None:
+    st.info("No evaluation of this model is stored yet: run one below.")
+else:
+    note = report.get("protocol", {}).get("note")
+    st.caption(f"From {origin}: {report.get('protocol', {}).get('n_generated', '?')} generated patches. " + (note or ""))
+    show(metrics_table_figure(report), key="cmp_metrics")
+    c1, c2 = st.columns(2)
+    with c1:
+        show(class_histogram_figure(report["class_hist"]["generated"], report["class_hist"]["train_prior"]), key="cmp_classes")
+    with c2:
+        show(ratio_histogram_figure(report["ratio_histogram"]), key="cmp_ratio")
+    show(color_histogram_figure(report["color_hist"]["generated"], report["color_hist"]["reference"]), key="cmp_colors")
+
+with st.form("cmp_eval"):
+    cap = max(50, limits().max_eval_samples)
+    n = st.slider("Generated patches for a fresh evaluation", 50, cap, min(200, cap), step=50, key="cmp_n")
+    submitted = st.form_submit_button("Run a fresh evaluation")
+if submitted:
+    bar = st.progress(0.0, text="Sampling…")
+    try:
+        images = to_uint8(generate(model.checkpoint.model, model.checkpoint.schedule, n, "dpmpp", None, seed=1,
+                                   callback=lambda d, t: bar.progress(0.5 * d / t, text=f"Sampling… step {d}/{t}")))
+        run_evaluation(model, images, lambda f, msg: bar.progress(0.5 + 0.5 * f, text=f"Evaluating: {msg}"))
+        st.rerun()
+    except (ImportError, ValueError) as err:
+        bar.empty()
+        st.error(f"The evaluation could not run: {err}")

@@ -1,0 +1,320 @@
+"""Every page of the Streamlit app through streamlit.testing.v1.AppTest: widgets changed, outputs asserted.
+
+The app runs offline (HF_HUB_OFFLINE=1) on a tiny checkpoint written here (the paper's small network,
+T = 20) and on the bundled data subset, so each page renders in about a second.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+import torch
+from streamlit.testing.v1 import AppTest
+
+from ddpm.checkpoints import make_config, save_checkpoint
+from ddpm.export import checkpoint_zip
+from ddpm.schedules import ScheduleConfig
+from ddpm.unet import UNetConfig, build_unet
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+T = 20
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    cfg = UNetConfig(architecture="seed", channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=())
+    folder = tmp_path_factory.mktemp("model")
+    save_checkpoint(folder, build_unet(cfg), make_config(cfg, ScheduleConfig(num_timesteps=T), preset="seed"))
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline_app(model_dir, tmp_path_factory):
+    """Environment of an offline server on the tiny model; caches and jobs are reset around the module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("DDPM_MODEL", str(model_dir))
+        mp.setenv("DDPM_DATA_DIR", str(tmp_path_factory.mktemp("no-data")))
+        mp.setenv("DDPM_HOSTED", "0")
+        st.cache_resource.clear()
+        yield
+        import pages._shared as shared
+
+        shared.job_registry().shutdown()
+        st.cache_resource.clear()
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def chart(at: AppTest, key: str) -> dict:
+    found = [c for c in at.get("plotly_chart") if c.key == key]
+    assert found, f"no chart {key!r}; charts: {[c.key for c in at.get('plotly_chart')]}"
+    return json.loads(found[0].proto.spec)
+
+
+def values(v) -> list:
+    """A trace's array as a list: Plotly writes numpy arrays as base64 ``bdata``."""
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
+def chart_keys(at: AppTest) -> list[str]:
+    return [c.key for c in at.get("plotly_chart")]
+
+
+def texts(at: AppTest, kind: str) -> str:
+    return "\n".join(str(e.value) for e in getattr(at, kind))
+
+
+def clicked(at: AppTest, label: str) -> AppTest:
+    next(b for b in at.button if b.label == label).click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+# ---- Home ---------------------------------------------------------------------------------------
+def test_home_shows_generated_beside_real_the_model_and_links_to_every_page(monkeypatch):
+    seeds = iter([1, 2])
+    monkeypatch.setattr("random.randrange", lambda n: next(seeds))
+    at = open_page()
+    assert at.title[0].value == "PathMNIST Diffusion Studio"
+    grid = chart(at, "home_grid")
+    assert [t["type"] for t in grid["data"]] == ["image", "image"]
+    assert grid["layout"]["annotations"][0]["text"] == "generated (seed 1)"
+    assert "local folder" in texts(at, "markdown") and "seed U-Net" in texts(at, "markdown")
+    assert len(at.get("page_link")) == 5
+    at = clicked(at, "New samples")
+    assert chart(at, "home_grid")["layout"]["annotations"][0]["text"] == "generated (seed 2)"
+
+
+@pytest.mark.skipif(not (Path(APP).parent / "checkpoints" / "default" / "model.safetensors").is_file(),
+                    reason="no shipped default model yet")
+def test_offline_the_shipped_model_is_used_and_the_page_says_so(monkeypatch):
+    monkeypatch.delenv("DDPM_MODEL")
+    at = open_page()
+    facts = texts(at, "markdown")
+    assert "shipped copy" in facts and "checkpoints/default" in facts
+    assert "Hub" in texts(at, "caption")  # the sidebar notes that the Hub was not used
+    assert chart(at, "home_grid")["data"][0]["type"] == "image"
+
+
+def test_a_model_that_cannot_load_is_explained_not_a_traceback(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    monkeypatch.setenv("DDPM_MODEL", str(tmp_path))
+    at = open_page()
+    assert "cannot be loaded" in texts(at, "error") and "not valid JSON" in texts(at, "error")
+    assert not at.get("plotly_chart")
+
+
+# ---- Forward ------------------------------------------------------------------------------------
+def test_forward_page_scrubs_t_and_states_the_papers_residual_signal():
+    at = open_page("forward")
+    assert [t["type"] for t in chart(at, "fwd_hist")["data"]] == ["bar", "bar", "scatter"]
+    assert len(chart(at, "fwd_curves")["data"]) == 9
+    assert chart(at, "fwd_grid")["data"][0]["type"] == "image"
+    at.slider(key="fwd_t").set_value(200).run()
+    assert chart(at, "fwd_hist")["data"][1]["name"] == "x_t at t = 200"
+    assert at.metric[0].value == "0.364"
+    assert "36%" in texts(at, "warning")
+    at.radio(key="fwd_schedule").set_value("cosine, zero terminal SNR").run()
+    assert at.metric[0].value == "0.000" and "pure noise" in texts(at, "success")
+    at.slider(key="fwd_t").set_value(0).run()
+    assert at.metric[0].value == "1.000" and at.metric[2].value == "∞"
+    at.selectbox(key="fwd_tissue").set_value("mucus").run()
+    at.slider(key="fwd_n").set_value(3).run()
+    assert not at.exception and chart(at, "fwd_grid")["data"][0]["type"] == "image"
+    assert "bundled subset" in texts(at, "info")  # the full data file is absent and the page says so
+
+
+# ---- Reverse ------------------------------------------------------------------------------------
+def test_reverse_page_animates_every_step_and_scrubs_without_resampling(monkeypatch):
+    import pages._shared as shared
+
+    calls = []
+    real_trajectory = shared.trajectory
+    monkeypatch.setattr(shared, "trajectory", lambda *a, **k: calls.append(a[3:6]) or real_trajectory(*a, **k))
+    at = open_page("reverse")
+    anim = chart(at, "rev_animation")
+    assert [t["type"] for t in anim["data"]] == ["image", "image"] and len(anim["frames"]) == T + 1
+    assert [b["label"] for b in anim["layout"]["updatemenus"][0]["buttons"]] == ["▶ Play", "❚❚ Pause"]
+    assert len(anim["layout"]["sliders"][0]["steps"]) == T + 1
+
+    at.slider(key="rev_inspect").set_value(3).run()
+    assert chart(at, "rev_step")["layout"]["annotations"][0]["text"].startswith("x_t at step 3")
+    assert len(at.get("download_button")) == 2
+
+    at.selectbox(key="rev_sampler").set_value("ddim")
+    at.slider(key="rev_steps").set_value(5)
+    at = clicked(at, "Generate")
+    assert len(chart(at, "rev_animation")["frames"]) == 6
+    at.slider(key="rev_inspect").set_value(2).run()
+    assert not at.exception and "x_t at step 2" in chart(at, "rev_step")["layout"]["annotations"][0]["text"]
+    n_calls = len(calls)
+    at.slider(key="rev_inspect").set_value(4).run()
+    assert len(calls) == n_calls  # scrubbing reads the cached trajectory
+
+
+def test_reverse_page_runs_full_ddpm_and_shares_the_cache_across_visitors(monkeypatch):
+    import pages._shared as shared
+
+    at = open_page("reverse")
+    at.selectbox(key="rev_sampler").set_value("ddpm")
+    at.slider(key="rev_n").set_value(2)
+    at = clicked(at, "Generate")
+    assert len(chart(at, "rev_animation")["frames"]) == T + 1
+    calls = []
+    monkeypatch.setattr(shared, "trajectory", lambda *a, **k: calls.append(1))
+    other = open_page("reverse")  # another visitor, default settings: served from the shared cache
+    assert len(chart(other, "rev_animation")["frames"]) == T + 1 and not calls
+
+
+def test_an_uploaded_checkpoint_is_checked_then_used(model_dir):
+    at = open_page("reverse")
+    at.file_uploader(key="model_upload").set_value(("broken.zip", b"not a zip", "application/zip")).run()
+    assert "This upload cannot be used" in texts(at, "error") and "not a readable zip" in texts(at, "error")
+    good = checkpoint_zip(model_dir)
+    at.file_uploader(key="model_upload").set_value(("run.zip", good, "application/zip")).run()
+    assert not at.exception
+    assert at.selectbox(key="model_picker").value == "upload"
+    assert len(chart(at, "rev_animation")["frames"]) == T + 1
+    assert "your uploaded checkpoint" in texts(at, "caption") and at.session_state["model_name"] == "upload"
+
+
+# ---- Train --------------------------------------------------------------------------------------
+def _wait_for_job(job_id: str, timeout: float = 120) -> None:
+    import pages._shared as shared
+
+    shared.job_registry().wait(job_id, timeout=timeout)
+
+
+def test_train_page_runs_a_job_in_the_background_and_shows_its_loss_samples_and_download():
+    at = open_page("train")
+    assert "No run yet" in texts(at, "info")
+    at.selectbox(key="train_preset").set_value("seed")
+    at.number_input(key="train_steps").set_value(3)
+    at.select_slider(key="train_batch").set_value(8)
+    at.number_input(key="train_sample_every").set_value(1)
+    at = clicked(at, "Start training")
+    job_id = at.session_state["train_job"]
+    _wait_for_job(job_id)
+    at.run()
+    assert not at.exception
+    loss = chart(at, "train_loss")
+    assert [t["name"] for t in loss["data"]] == ["loss (raw)", "loss (smoothed)"] and values(loss["data"][0]["x"]) == [1, 2, 3]
+    assert chart(at, "train_samples")["data"][0]["type"] == "image"
+    assert "finished" in texts(at, "success")
+    assert at.get("download_button")
+    compare = chart(at, "train_compare")
+    assert [a["text"] for a in compare["layout"]["annotations"]] == ["your run", "the pretrained model"]
+    # the finished run becomes a model the other pages can use
+    at.switch_page("pages/reverse.py").run()
+    at.selectbox(key="model_picker").set_value("run").run()
+    assert not at.exception and "your training run" in texts(at, "caption")
+
+
+def test_train_page_stops_a_run_and_shows_the_busy_server_to_others(tiny_images):
+    import pages._shared as shared
+    from ddpm.jobs import TrainRequest
+
+    registry = shared.job_registry()
+    other = registry.start(TrainRequest(preset="seed", steps=100_000, batch_size=4), "visitor zz", tiny_images)
+    try:
+        at = open_page("train")
+        assert "visitor zz is training a model" in texts(at, "info")
+        at = clicked(at, "Start training")
+        assert "One training job runs at a time" in texts(at, "warning")
+    finally:
+        registry.stop(other.id)
+        registry.wait(other.id, timeout=60)
+
+    at.selectbox(key="train_preset").set_value("seed")
+    at.number_input(key="train_steps").set_value(100_000)
+    at.select_slider(key="train_batch").set_value(8)
+    at = clicked(at, "Start training")
+    job_id = at.session_state["train_job"]
+    assert chart_keys(at).count("train_loss") == 1 and at.button(key="train_stop")
+    at.button(key="train_stop").click().run()
+    _wait_for_job(job_id)
+    at.run()
+    assert "stopped by you" in texts(at, "success")
+    assert registry.active() is None
+
+
+# ---- Compare ------------------------------------------------------------------------------------
+REPORT = {
+    "protocol": {"n_generated": 100, "note": None},
+    "metrics": {"fd": 10.0, "kid_mean": 0.01, "precision": 0.5, "recall": 0.4, "density": 0.8, "coverage": 0.6,
+                "class_tv": 0.2, "memorization_share": 0.0},
+    "floor": {"fd": 1.0, "kid_mean": 0.001, "precision": 0.7, "recall": 0.7, "density": 1.0, "coverage": 0.9,
+              "class_tv": 0.01, "memorization_share": 0.0},
+    "class_names": [], "class_hist": {"generated": [1 / 9] * 9, "train_prior": [1 / 9] * 9},
+    "color_hist": {"generated": [[1 / 32] * 32] * 3, "reference": [[1 / 32] * 32] * 3},
+    "nearest": {"index": [0], "pixel_l2": [1.0], "ratio": [0.9]}, "ratio_histogram": [1] * 20,
+}
+
+
+def test_compare_page_shows_pairs_memorization_and_offers_an_evaluation(monkeypatch, model_dir):
+    import pages._shared as shared
+
+    at = open_page("compare")
+    assert chart(at, "cmp_pairs")["data"][0]["type"] == "image"
+    memo = chart(at, "cmp_memo")
+    assert len(memo["data"]) == 16 and memo["layout"]["annotations"][0]["text"].startswith("d = ")
+    assert "No evaluation of this model is stored yet" in texts(at, "info")
+    assert "cmp_metrics" not in chart_keys(at)
+
+    def fake_evaluation(model, images, progress):
+        assert images.dtype == torch.uint8 and tuple(images.shape) == (50, 3, 28, 28)
+        progress(1.0, "done")
+        st.session_state.setdefault("evaluation", {})[model.key] = REPORT
+        return REPORT
+
+    monkeypatch.setattr(shared, "run_evaluation", fake_evaluation)
+    at.slider(key="cmp_n").set_value(50)
+    at = clicked(at, "Run a fresh evaluation")
+    table = chart(at, "cmp_metrics")["data"][0]
+    assert table["type"] == "table" and table["cells"]["values"][2][0] == "10"
+    assert len(chart(at, "cmp_classes")["data"]) == 2 and len(chart(at, "cmp_colors")["data"]) == 6
+    assert "your evaluation in this session" in texts(at, "caption")
+
+
+def test_compare_page_reads_a_precomputed_evaluation_at_once(model_dir):
+    (model_dir / "evaluation.json").write_text(json.dumps({**REPORT, "centre_shift": REPORT["floor"]}))
+    try:
+        at = open_page("compare")
+        assert len(chart(at, "cmp_metrics")["data"][0]["header"]["values"]) == 5
+        assert "precomputed" in texts(at, "caption")
+    finally:
+        (model_dir / "evaluation.json").unlink()
+
+
+# ---- About --------------------------------------------------------------------------------------
+def test_about_page_is_a_model_card():
+    at = open_page("about")
+    headers = [h.value for h in at.header]
+    assert headers == ["Data", "Method", "The model in use", "Limitations", "Ethics of synthetic medical images"]
+    body = texts(at, "markdown")
+    assert "CC BY 4.0" in body and "Never diagnostic evidence" in body and "36%" in body
+    assert len(at.table) == 1
+
+
+def test_every_page_is_reachable_by_its_url_path():
+    at = open_page()
+    for page in ("forward", "reverse", "train", "compare", "about", "home"):
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception and at.title[0].value

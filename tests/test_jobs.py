@@ -1,0 +1,203 @@
+"""The training-job registry and the shared result cache (ddpm.jobs), with tiny runs of the seed preset."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from ddpm.checkpoints import Checkpoint, load_local, make_config
+from ddpm.jobs import HOSTED_LIMITS, JobBusyError, JobLimits, JobRegistry, ResultCache, TrainRequest
+from ddpm.presets import get_preset
+from ddpm.unet import build_unet
+
+SEED = get_preset("seed")
+TINY = dict(preset="seed", batch_size=4, lr=1e-3, sample_every=2, num_samples=2)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    reg = JobRegistry(JobLimits(), root=tmp_path / "runs", device="cpu")
+    yield reg
+    reg.shutdown()
+
+
+def _pretrained(fill: float | None = None) -> Checkpoint:
+    torch.manual_seed(0)
+    model = build_unet(SEED.model).eval()
+    if fill is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(fill)
+    return Checkpoint(model, SEED.model, SEED.schedule, make_config(SEED.model, SEED.schedule), "test")
+
+
+def _wait_until(predicate, timeout: float = 60.0) -> None:
+    end = time.time() + timeout
+    while not predicate():
+        if time.time() > end:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
+def test_a_job_trains_in_the_background_and_publishes_losses_samples_and_a_checkpoint(registry, tiny_images):
+    snap = registry.start(TrainRequest(steps=4, **TINY), "visitor a", tiny_images, data_source="toy")
+    assert snap.active and snap.owner == "visitor a"
+    done = registry.wait(snap.id, timeout=120)
+    assert done.status == "finished" and done.message == "finished 4 steps"
+    assert done.step == 4 and done.loss_steps == (1, 2, 3, 4) and len(done.losses) == 4
+    assert all(loss > 0 for loss in done.losses) and done.images_per_sec > 0
+    assert done.samples.shape == (2, 28, 28, 3) and done.samples.dtype.name == "uint8" and done.samples_step == 4
+    assert done.has_checkpoint and not done.active and done.ends_at == done.finished_at
+    saved = load_local(done.out_dir)
+    assert saved.config["training"]["steps"] == 4 and saved.config["data"] == "toy"
+    assert registry.active() is None
+
+
+def test_one_job_at_a_time_and_the_busy_error_says_whose_and_when(registry, tiny_images):
+    first = registry.start(TrainRequest(steps=100_000, **TINY), "visitor a", tiny_images)
+    _wait_until(lambda: registry.get(first.id).step >= 2)
+    with pytest.raises(JobBusyError, match=r"visitor a is training a model \(step [\d,]+ of 100,000\); it should end around") as err:
+        registry.start(TrainRequest(steps=4, **TINY), "visitor b", tiny_images)
+    assert err.value.holder.id == first.id
+    registry.stop(first.id)
+    stopped = registry.wait(first.id, timeout=60)
+    assert stopped.status == "stopped" and stopped.message.startswith("stopped by you at step")
+    assert stopped.has_checkpoint  # stopping saves what the run has
+    second = registry.start(TrainRequest(steps=2, **TINY), "visitor b", tiny_images)
+    assert registry.wait(second.id, timeout=60).status == "finished"
+
+
+def test_a_job_whose_page_stopped_polling_ends_by_itself(tmp_path, tiny_images):
+    reg = JobRegistry(JobLimits(heartbeat_timeout_s=0.3), root=tmp_path, device="cpu")
+    try:
+        snap = reg.start(TrainRequest(steps=100_000, **TINY), "visitor a", tiny_images)
+        done = reg.wait(snap.id, timeout=60)
+        assert done.status == "stopped" and "page was closed" in done.message and done.step < 100_000
+    finally:
+        reg.shutdown()
+
+
+def test_heartbeats_keep_a_job_alive(tmp_path, tiny_images):
+    reg = JobRegistry(JobLimits(heartbeat_timeout_s=1.0), root=tmp_path, device="cpu")
+    try:
+        snap = reg.start(TrainRequest(steps=100_000, **TINY), "visitor a", tiny_images)
+        for _ in range(30):  # 1.5 s of polling, longer than the timeout
+            reg.heartbeat(snap.id)
+            time.sleep(0.05)
+        assert reg.get(snap.id).status == "running"
+    finally:
+        reg.shutdown()
+
+
+def test_the_hosted_time_cap_ends_a_run_with_a_message(tmp_path, tiny_images):
+    reg = JobRegistry(JobLimits(max_minutes=0.002), root=tmp_path, device="cpu")
+    try:
+        snap = reg.start(TrainRequest(steps=100_000, **TINY), "visitor a", tiny_images)
+        done = reg.wait(snap.id, timeout=60)
+        assert done.status == "stopped" and "limit of 0.002 minutes" in done.message
+    finally:
+        reg.shutdown()
+
+
+def test_a_nan_loss_fails_the_job_with_the_trainers_message(registry, tiny_images):
+    broken = _pretrained(fill=float("nan"))
+    snap = registry.start(TrainRequest(steps=4, from_pretrained=True, **TINY), "visitor a", tiny_images, init=broken)
+    done = registry.wait(snap.id, timeout=60)
+    assert done.status == "failed" and "loss became nan at step 1" in done.message
+    assert registry.active() is None  # the server is free again
+
+
+def test_an_exception_in_the_worker_fails_the_job_with_what_happened(registry, tiny_images):
+    snap = registry.start(TrainRequest(steps=4, **{**TINY, "batch_size": 64}), "visitor a", tiny_images)
+    done = registry.wait(snap.id, timeout=60)
+    assert done.status == "failed" and "16 images cannot fill one batch of 64" in done.message
+    assert not done.has_checkpoint
+
+
+def test_a_run_from_the_pretrained_model_trains_a_copy_and_leaves_the_shared_one_alone(registry, tiny_images):
+    shared = _pretrained()
+    before = {k: v.clone() for k, v in shared.model.state_dict().items()}
+    snap = registry.start(TrainRequest(steps=3, from_pretrained=True, **TINY), "visitor a", tiny_images, init=shared)
+    done = registry.wait(snap.id, timeout=60)
+    assert done.status == "finished"
+    for k, v in shared.model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    trained = load_local(done.out_dir).model.state_dict()
+    assert any(not torch.equal(trained[k], before[k]) for k in before)
+
+
+def test_requests_outside_the_limits_are_refused_naming_the_allowed_values(registry, tiny_images):
+    with pytest.raises(ValueError, match=r"steps must be between 1 and 500.*batch size must be between 1 and 64"):
+        TrainRequest(preset="small", steps=501, batch_size=128).validate(HOSTED_LIMITS)
+    with pytest.raises(ValueError, match=r"preset must be one of \['seed', 'small'\]"):
+        TrainRequest(preset="large").validate(HOSTED_LIMITS)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        TrainRequest(schedule="sigmoid").validate(JobLimits())
+    with pytest.raises(ValueError, match="keeps its schedule"):
+        TrainRequest(schedule="cosine", from_pretrained=True).validate(JobLimits())
+    with pytest.raises(ValueError, match="needs the pretrained checkpoint"):
+        registry.start(TrainRequest(steps=2, from_pretrained=True, **TINY), "visitor a", tiny_images)
+    assert registry.active() is None
+
+
+def test_a_chosen_schedule_is_the_one_the_run_trains_with(registry, tiny_images):
+    snap = registry.start(TrainRequest(steps=1, schedule="cosine", **{**TINY, "sample_every": 100}), "a", tiny_images)
+    done = registry.wait(snap.id, timeout=60)
+    assert load_local(done.out_dir).schedule_config.kind == "cosine"
+
+
+def test_hosted_caps_come_from_the_environment():
+    assert JobLimits.from_env({}) == JobLimits()
+    hosted = JobLimits.from_env({"DDPM_HOSTED": "1"})
+    assert hosted.hosted and hosted.max_steps == 500 and hosted.max_batch == 64 and hosted.max_minutes == 15
+    assert JobLimits.from_env({"SPACE_ID": "someone/space"}).hosted  # on a Hugging Face Space by default
+    assert not JobLimits.from_env({"SPACE_ID": "someone/space", "DDPM_HOSTED": "0"}).hosted
+    custom = JobLimits.from_env({"DDPM_HOSTED": "1", "DDPM_MAX_STEPS": "50", "DDPM_MAX_BATCH": "16",
+                                 "DDPM_MAX_MINUTES": "2.5", "DDPM_JOB_TIMEOUT_S": "30", "DDPM_MAX_EVAL": "100"})
+    assert (custom.max_steps, custom.max_batch, custom.max_minutes, custom.heartbeat_timeout_s, custom.max_eval_samples) \
+        == (50, 16, 2.5, 30.0, 100)
+    with pytest.raises(ValueError, match="DDPM_MAX_STEPS='many' must be a positive number"):
+        JobLimits.from_env({"DDPM_MAX_STEPS": "many"})
+    with pytest.raises(ValueError, match="DDPM_MAX_BATCH='0'"):
+        JobLimits.from_env({"DDPM_MAX_BATCH": "0"})
+
+
+def test_starting_again_deletes_the_owners_previous_run_and_shutdown_deletes_all(registry, tiny_images):
+    first = registry.wait(registry.start(TrainRequest(steps=1, **TINY), "visitor a", tiny_images).id, timeout=60)
+    assert first.out_dir.is_dir()
+    second = registry.wait(registry.start(TrainRequest(steps=1, **TINY), "visitor a", tiny_images).id, timeout=60)
+    assert not first.out_dir.exists() and registry.get(first.id) is None and second.out_dir.is_dir()
+    registry.shutdown()
+    assert not second.out_dir.exists()
+
+
+# ---- ResultCache --------------------------------------------------------------------------------
+def test_result_cache_computes_each_key_once_even_when_visitors_ask_together():
+    cache, calls = ResultCache(), []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.2)
+        return "trajectory"
+
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(cache.get_or_compute(("k",), slow))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == ["trajectory"] * 4 and len(calls) == 1 and ("k",) in cache
+
+
+def test_result_cache_evicts_the_least_recently_used_and_does_not_cache_errors():
+    cache = ResultCache(max_entries=2)
+    cache.get_or_compute("a", lambda: 1)
+    cache.get_or_compute("b", lambda: 2)
+    assert cache.get("a") == 1  # "a" is now the most recent
+    cache.get_or_compute("c", lambda: 3)
+    assert "b" not in cache and cache.get("a") == 1 and cache.get("c") == 3
+    with pytest.raises(RuntimeError):
+        cache.get_or_compute("d", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert "d" not in cache and cache.get_or_compute("d", lambda: 4) == 4
