@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import scipy.linalg  # noqa: F401  (loads SciPy's own OpenBLAS now, so threadpool_limits below reaches it)
 import torch
+from threadpoolctl import threadpool_limits
 
 from ddpm.checkpoints import make_config, save_checkpoint
 from ddpm.schedules import ScheduleConfig
@@ -18,6 +20,8 @@ from ddpm.unet import UNetConfig, build_unet
 from hub_server import fake_hub  # noqa: F401  (re-exported fixture)
 
 torch.set_num_threads(1)
+# NumPy's and SciPy's OpenBLAS too: on a busy CPU their threads made evaluate_images (KID, sqrtm) 5x slower
+threadpool_limits(1)
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@ the requests ``huggingface_hub`` makes.  Routes are a table of (method, regex, h
   ``X-Error-Code`` it maps to RepositoryNotFound / RevisionNotFound / EntryNotFound;
 * uploads (``HfApi.create_repo`` + ``upload_folder``): ``POST /api/repos/create``,
   ``/api/models/{repo_id}/preupload/{rev}`` (every file "regular", so no LFS/Xet) and
-  ``/api/models/{repo_id}/commit/{rev}`` (NDJSON with base64 file contents).
+  ``/api/models/{repo_id}/commit/{rev}`` (NDJSON with base64 file contents), and
+  ``POST /api/validate-yaml``, which ``upload_folder`` calls for a README.md (its YAML front matter
+  must parse to a mapping, else a 400 with the Hub's ``errors`` list).
 
 More endpoints are added the same way: ``hub.route("GET", r"^/api/models/...$")(handler)``.
 
@@ -78,6 +80,7 @@ class FakeHub:
         self.route("POST", r"^/api/repos/create$")(self._create_repo)
         self.route("POST", r"^/api/models/(?P<repo_id>[^/]+/[^/]+)/preupload/(?P<revision>[^/]+)$")(self._preupload)
         self.route("POST", r"^/api/models/(?P<repo_id>[^/]+/[^/]+)/commit/(?P<revision>[^/]+)$")(self._commit)
+        self.route("POST", r"^/api/validate-yaml$")(self._validate_yaml)
 
     # ---- repos --------------------------------------------------------------------------------
     def add_repo(self, repo_id: str, files: dict[str, bytes] | None = None) -> None:
@@ -157,6 +160,19 @@ class FakeHub:
                 return Response.error(400, "BadRequest", f"fake hub cannot apply {item['key']!r} operations")
         commit = self.commit_of(repo_id)
         return Response.json({"commitUrl": f"{self.url}/{repo_id}/commit/{commit}", "commitOid": commit})
+
+    def _validate_yaml(self, request: Request, m: re.Match) -> Response:
+        """The Hub checks a model card's YAML front matter before a commit that includes README.md."""
+        import yaml
+
+        parts = request.json()["content"].split("---\n")
+        try:
+            metadata = yaml.safe_load(parts[1]) if len(parts) >= 3 and parts[0] == "" else None
+        except yaml.YAMLError as err:
+            metadata = f"invalid YAML: {err}"
+        if not isinstance(metadata, dict):
+            return Response.json({"errors": [{"message": f"README.md front matter is not a YAML mapping: {metadata!r}"}]}, 400)
+        return Response.json({"warnings": []})
 
     # ---- server -------------------------------------------------------------------------------
     @property

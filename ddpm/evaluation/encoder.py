@@ -113,6 +113,8 @@ def train_encoder(train_images: torch.Tensor, train_labels: torch.Tensor, val_im
 
     Keeps the epoch with the best validation accuracy. Returns (encoder, history).
     """
+    if train_images.shape[0] < batch_size:
+        raise ValueError(f"{train_images.shape[0]} training images cannot fill one batch of {batch_size}; lower batch_size")
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = TissueEncoder(config)

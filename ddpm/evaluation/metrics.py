@@ -14,7 +14,7 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     """‖μ_r - μ_f‖² + Tr(Σ_r + Σ_f - 2 (Σ_r Σ_f)^½)  (Heusel et al. 2017), in the given feature space."""
     mu1, mu2 = real.mean(0), fake.mean(0)
     s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = linalg.sqrtm(s1 @ s2)  # no `disp`: deprecated in SciPy 1.16, removed in 1.18
     if not np.isfinite(covmean).all():  # singular product: nudge the diagonals (as pytorch-fid does)
         offset = np.eye(s1.shape[0]) * 1e-6
         covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))

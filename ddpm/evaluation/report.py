@@ -81,7 +81,7 @@ def memorization_metrics(images: torch.Tensor, feats: np.ndarray, train: ImageSe
 
 
 def _rounded(d: dict) -> dict:
-    return {k: round(float(v), 6) for k, v in d.items()}
+    return {k: float(f"{float(v):.6g}") for k, v in d.items()}  # 6 significant digits: KID values are small
 
 
 def evaluate_images(generated: torch.Tensor, data: ReferenceData | None = None, encoder: TissueEncoder | None = None,
@@ -145,9 +145,10 @@ def evaluation_panel(generated_hwc: np.ndarray, data: ReferenceData, report: dic
     """One image: generated patches | real reference patches, then 16 samples above their nearest training patch."""
     from ..data import image_grid, to_hwc_numpy
 
-    real = to_hwc_numpy(data.reference.images[:n])
-    top = np.concatenate([image_grid(generated_hwc[:n], 8), np.full((image_grid(real, 8).shape[0], 12, 3), 255, np.uint8),
-                          image_grid(real, 8)], axis=1)
+    fake_grid, real_grid = image_grid(generated_hwc[:n], 8), image_grid(to_hwc_numpy(data.reference.images[:n]), 8)
+    rows = max(fake_grid.shape[0], real_grid.shape[0])  # fewer than n generated: pad the shorter grid with white
+    fake_grid, real_grid = (np.pad(g, ((0, rows - g.shape[0]), (0, 0), (0, 0)), constant_values=255) for g in (fake_grid, real_grid))
+    top = np.concatenate([fake_grid, np.full((rows, 12, 3), 255, np.uint8), real_grid], axis=1)
     k = 16
     nn_idx = report["nearest"]["index"][:k]
     pairs = np.concatenate([generated_hwc[:k], to_hwc_numpy(data.train.images[torch.tensor(nn_idx)])])
