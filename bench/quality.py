@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,11 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ddpm.checkpoints import load_checkpoint  # noqa: E402
 from ddpm.data import image_grid, save_png, to_hwc_numpy, to_uint8  # noqa: E402
 from ddpm.evaluation.encoder import load_encoder  # noqa: E402
-from ddpm.evaluation.report import METRIC_KEYS, evaluate_images, load_reference  # noqa: E402
+from ddpm.evaluation.report import METRIC_KEYS, evaluate_images, evaluation_panel, load_reference  # noqa: E402
 from ddpm.pipeline import generate  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 SAMPLES = RESULTS / "samples"
+#: the row whose report becomes each shipped model's checkpoints/<name>/evaluation.json (with --checkpoint-reports)
+CANONICAL = {"seed": "seed (paper) DDPM 200", "default": "default DPM-Solver++ 20"}
 #: (row name, checkpoint, sampler, steps)
 ROWS = [
     ("seed (paper) DDPM 200", "seed", "ddpm", None),
@@ -42,7 +46,7 @@ ROWS = [
 
 
 def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def samples_for(row: tuple, n: int, seed: int, fresh: bool) -> tuple[torch.Tensor, float, str]:
@@ -68,6 +72,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", nargs="*", help="row slugs to run (default: all)")
     parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--checkpoint-reports", action="store_true",
+                        help="also write the canonical rows' reports to checkpoints/<name>/evaluation.{json,png}")
     args = parser.parse_args()
     data = load_reference(args.data_dir)
     if data.note:
@@ -87,6 +93,8 @@ def main() -> None:
                                  "sampler": row[2], "steps": row[3], "n": args.n,
                                  "class_hist": report["class_hist"]["generated"]}
         table["class_prior"] = report["class_hist"]["train_prior"]
+        if args.checkpoint_reports and CANONICAL.get(row[1]) == row[0]:
+            write_checkpoint_report(row, report, images, per_1000, source, data, args)
         out_json.write_text(json.dumps(table, indent=1) + "\n")
         print(row[0], {k: report["metrics"][k] for k in METRIC_KEYS}, f"{per_1000:.1f} s/1000", flush=True)
     table["torch_threads"] = torch.get_num_threads()
@@ -100,6 +108,15 @@ def main() -> None:
         sep = np.full((blocks[0].shape[0], 10, 3), 255, np.uint8)
         save_png(np.concatenate(sum(([b, sep] for b in blocks), [])[:-1], axis=1), RESULTS / "quality_samples.png", scale=2)
         (RESULTS / "quality_samples.txt").write_text("left to right: " + ", ".join([n for n, _ in grids] + ["real (val)"]) + "\n")
+
+
+def write_checkpoint_report(row: tuple, report: dict, images: torch.Tensor, per_1000: float, source: str, data, args) -> None:
+    """The shipped model's own evaluation.json / evaluation.png (read by the app and the model card)."""
+    folder = ROOT / "checkpoints" / row[1]
+    report = {**report, "sampling": {"checkpoint": source, "sampler": row[2], "steps": row[3] or "all", "seed": args.seed,
+                                     "seconds_per_1000": round(per_1000, 1), "torch_threads": torch.get_num_threads()}}
+    (folder / "evaluation.json").write_text(json.dumps(report, indent=1) + "\n")
+    save_png(evaluation_panel(to_hwc_numpy(images), data, report), folder / "evaluation.png", scale=2)
 
 
 def write_markdown(table: dict) -> None:
