@@ -25,12 +25,21 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 import torch
+from streamlit.runtime.pages_manager import PagesManager
 
 from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError, load_checkpoint, load_local
 from ddpm.data import ImageSet, load_images, to_hwc_numpy
 from ddpm.jobs import JobLimits, JobRegistry, ResultCache
 from ddpm.pipeline import Trajectory, generate, trajectory
 from ddpm.uploads import MAX_UPLOAD_BYTES, load_upload
+
+# Streamlit decides when it starts, from the mere presence of a pages/ folder beside app.py, to run sessions in its
+# old file-based mode until app.py's st.navigation has run once. A first visitor arriving on a deep link (/forward)
+# would get pages/forward.py alone, with a sidebar listing the files of pages/. This module is imported by every
+# page, so switch to app.py's navigation here and rerun: the page is the same, its URL path unchanged.
+if PagesManager.uses_pages_directory:
+    PagesManager.uses_pages_directory = False
+    st.rerun()
 
 # One intra-op thread per computation: visitors' sampling and a training job run side by side on a
 # 2-core Space, and two-thread OpenMP teams on busy cores spend most of their time waiting on each

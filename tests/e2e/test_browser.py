@@ -118,9 +118,6 @@ def test_train_run_grows_its_loss_curve_and_stops_when_asked(page, app_server, a
     assert_no_errors(page)
 
 
-@pytest.mark.xfail(strict=True, reason="Streamlit runs the first session after a start in file-based (pages/) mode: "
-                   "a first visitor who opens /forward gets a sidebar listing the files of pages/ (app, about, ..., "
-                   "shared, train) and no set_page_config until the next rerun. Renaming pages/ fixes it.")
 def test_the_first_visitor_of_a_fresh_server_on_a_deep_link_gets_the_app_navigation(chromium, app_env, artifacts):
     with AppServer(app_env, log_path=artifacts / "server-deep-link.log") as server:
         context = chromium.new_context(viewport=VIEWPORT)
