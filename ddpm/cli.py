@@ -94,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoints import load_checkpoint
     from .data import load_images, load_subset
     from .presets import get_preset
-    from .training import Trainer, TrainConfig
+    from .training import Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -18,10 +18,12 @@ the coefficient to the dtype of the tensor it multiplies.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+
+from .config import ConfigMixin
 
 ScheduleKind = Literal["linear", "cosine"]
 PredictionType = Literal["epsilon", "v_prediction"]
@@ -30,7 +32,7 @@ PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
 
 
 @dataclass(frozen=True)
-class ScheduleConfig:
+class ScheduleConfig(ConfigMixin):
     """Everything that defines the forward process and what the network predicts.
 
     The defaults are the project's: cosine ᾱ (Nichol & Dhariwal 2021) rescaled to zero terminal SNR
@@ -45,6 +47,7 @@ class ScheduleConfig:
     cosine_s: float = 0.008  # cosine only
     zero_terminal_snr: bool = True
     prediction_type: PredictionType = "v_prediction"
+    config_name = "schedule"
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULE_KINDS:
@@ -67,16 +70,6 @@ class ScheduleConfig:
         return cls(kind="linear", num_timesteps=200, beta_start=1e-4, beta_end=0.02,
                    zero_terminal_snr=False, prediction_type="epsilon")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ScheduleConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise KeyError(f"unknown schedule config keys {sorted(unknown)}; known keys are {sorted(known)}")
-        return cls(**d)
 
 
 def linear_betas(num_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints as ckpt
+from .config import ConfigMixin
 from .data import dihedral_augment, to_model_range
 from .schedules import NoiseSchedule, ScheduleConfig, min_snr_weight, q_sample, training_target
 from .unet import UNetConfig, build_unet, count_parameters
@@ -31,7 +32,7 @@ Precision = Literal["auto", "bf16", "fp32"]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigMixin):
     optimizer: Literal["adam", "adamw"] = "adamw"
     lr: float = 5e-4
     batch_size: int = 128
@@ -62,15 +63,13 @@ class TrainConfig:
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid training settings: " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+            raise ValueError("invalid training settings: " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
                              + " (lr in (0, 0.1], batch_size in [1, 8192], max_steps >= 1, ema_decay in (0, 1), "
                                "optimizer adam|adamw, loss_weighting none|min_snr, precision auto|bf16|fp32)")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """Lenient: a checkpoint's "training" section also holds facts (steps, images seen) beside the settings."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

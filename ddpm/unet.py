@@ -11,18 +11,20 @@ The network knows nothing of the noise schedule: it maps (x_t, t) to an output o
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ConfigMixin
+
 Architecture = Literal["seed", "resunet"]
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(ConfigMixin):
     architecture: Architecture = "resunet"
     image_size: int = 28
     in_channels: int = 3
@@ -34,6 +36,7 @@ class UNetConfig:
     time_embed_dim: int = 128
     dropout: float = 0.0
     norm_groups: int = 8
+    config_name = "model"
 
     def __post_init__(self) -> None:
         if self.architecture not in ("seed", "resunet"):
@@ -44,16 +47,6 @@ class UNetConfig:
         if self.image_size % down:
             raise ValueError(f"image_size {self.image_size} must be divisible by {down} for {len(self.channel_mults)} levels")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise KeyError(f"unknown model config keys {sorted(unknown)}; known keys are {sorted(known)}")
-        return cls(**d)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:

@@ -9,9 +9,8 @@ validation split; the test split (another clinical centre) is reported, never us
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import checkpoints as ckpt
+from ..config import ConfigMixin
 from ..data import CLASS_NAMES, dihedral_augment, to_model_range
 
 ENCODER_DIR = ckpt.SHIPPED_DIR / "encoder"
@@ -29,21 +29,15 @@ BASELINE = {"model": "MedMNIST v2 ResNet-18 (28)", "test_acc": 0.907, "test_auc"
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(ConfigMixin):
     channels: tuple[int, ...] = (32, 64, 128)
     feature_dim: int = 256
     num_classes: int = len(CLASS_NAMES)
     dropout: float = 0.2
+    config_name = "encoder"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderConfig":
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise KeyError(f"unknown encoder config keys {sorted(set(d) - known)}")
-        return cls(**{**d, "channels": tuple(d.get("channels", cls.channels))})
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(self.channels))  # JSON gives a list
 
 
 class TissueEncoder(nn.Module):
