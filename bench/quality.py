@@ -49,20 +49,22 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def samples_for(row: tuple, n: int, seed: int, fresh: bool) -> tuple[torch.Tensor, float, str]:
-    """(uint8 images (n, 3, 28, 28), seconds per 1000 samples, checkpoint source), cached on disk."""
+def samples_for(row: tuple, n: int, seed: int, fresh: bool) -> tuple[torch.Tensor, float, str, int | None]:
+    """(uint8 images (n, 3, 28, 28), seconds per 1000 samples, checkpoint source, torch threads), cached on disk."""
     name, source, sampler, steps = row
     path = SAMPLES / f"{slug(name)}-n{n}-seed{seed}.npz"
     if path.is_file() and not fresh:
         with np.load(path) as f:
-            return torch.from_numpy(f["images"]), float(f["seconds_per_1000"]), str(f["source"])
+            threads = int(f["torch_threads"]) if "torch_threads" in f else None
+            return torch.from_numpy(f["images"]), float(f["seconds_per_1000"]), str(f["source"]), threads
     ckpt = load_checkpoint(source)
     t0 = time.time()
     images = to_uint8(generate(ckpt.model, ckpt.schedule, n, sampler, steps, seed=seed, batch_size=500, progress=True))
     per_1000 = (time.time() - t0) * 1000 / n
     SAMPLES.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, images=images.numpy(), seconds_per_1000=per_1000, source=ckpt.source)
-    return images, per_1000, ckpt.source
+    np.savez_compressed(path, images=images.numpy(), seconds_per_1000=per_1000, source=ckpt.source,
+                        torch_threads=torch.get_num_threads())
+    return images, per_1000, ckpt.source, torch.get_num_threads()
 
 
 def main() -> None:
@@ -84,20 +86,20 @@ def main() -> None:
     for row in ROWS:
         if args.rows and slug(row[0]) not in args.rows:
             continue
-        images, per_1000, source = samples_for(row, args.n, args.seed, args.fresh)
+        images, per_1000, source, threads = samples_for(row, args.n, args.seed, args.fresh)
         report = evaluate_images(images, data, encoder, seed=args.seed, with_floor="floor" not in table, progress=True)
         if "floor" in report:
             table.update(floor=report["floor"], centre_shift=report.get("centre_shift"), protocol=report["protocol"],
                          floor_protocol=report["floor_protocol"])
-        table["rows"][row[0]] = {**report["metrics"], "seconds_per_1000": round(per_1000, 1), "checkpoint": source,
+        table["rows"][row[0]] = {**report["metrics"], "seconds_per_1000": round(per_1000, 1), "torch_threads": threads,
+                                 "checkpoint": source,
                                  "sampler": row[2], "steps": row[3], "n": args.n,
                                  "class_hist": report["class_hist"]["generated"]}
         table["class_prior"] = report["class_hist"]["train_prior"]
         if args.checkpoint_reports and CANONICAL.get(row[1]) == row[0]:
-            write_checkpoint_report(row, report, images, per_1000, source, data, args)
+            write_checkpoint_report(row, report, images, per_1000, source, threads, data, args)
         out_json.write_text(json.dumps(table, indent=1) + "\n")
         print(row[0], {k: report["metrics"][k] for k in METRIC_KEYS}, f"{per_1000:.1f} s/1000", flush=True)
-    table["torch_threads"] = torch.get_num_threads()
     table["date"] = time.strftime("%Y-%m-%d")
     out_json.write_text(json.dumps(table, indent=1) + "\n")
     write_markdown(table)
@@ -110,11 +112,12 @@ def main() -> None:
         (RESULTS / "quality_samples.txt").write_text("left to right: " + ", ".join([n for n, _ in grids] + ["real (val)"]) + "\n")
 
 
-def write_checkpoint_report(row: tuple, report: dict, images: torch.Tensor, per_1000: float, source: str, data, args) -> None:
+def write_checkpoint_report(row: tuple, report: dict, images: torch.Tensor, per_1000: float, source: str,
+                            threads: int | None, data, args) -> None:
     """The shipped model's own evaluation.json / evaluation.png (read by the app and the model card)."""
     folder = ROOT / "checkpoints" / row[1]
     report = {**report, "sampling": {"checkpoint": source, "sampler": row[2], "steps": row[3] or "all", "seed": args.seed,
-                                     "seconds_per_1000": round(per_1000, 1), "torch_threads": torch.get_num_threads()}}
+                                     "seconds_per_1000": round(per_1000, 1), "torch_threads": threads}}
     (folder / "evaluation.json").write_text(json.dumps(report, indent=1) + "\n")
     save_png(evaluation_panel(to_hwc_numpy(images), data, report), folder / "evaluation.png", scale=2)
 
@@ -123,14 +126,15 @@ def write_markdown(table: dict) -> None:
     keys = ("fd", "kid_mean", "precision", "recall", "density", "coverage", "class_tv", "memorization_share")
     lines = [f"n = {next(iter(table['rows'].values()), {}).get('n', '?')} generated per row against "
              f"{table['protocol']['reference']} ({table['protocol']['n_reference']} patches); {table['floor_protocol']}. "
-             f"Time on {table.get('torch_threads')} CPU threads, {table.get('date')}.", "",
-             "| row | " + " | ".join(keys) + " | s / 1000 samples |", "|---" * (len(keys) + 2) + "|"]
+             f"Sampling time per 1,000 samples on this machine's CPU, with the torch threads it had ({table.get('date')}).", "",
+             "| row | " + " | ".join(keys) + " | s / 1000 samples | threads |", "|---" * (len(keys) + 3) + "|"]
     fmt = lambda m, k: f"{m[k]:.4g}" if m and k in m and m[k] is not None else "–"  # noqa: E731
-    lines.append("| real-vs-real floor | " + " | ".join(fmt(table["floor"], k) for k in keys) + " | – |")
+    lines.append("| real-vs-real floor | " + " | ".join(fmt(table["floor"], k) for k in keys) + " | – | – |")
     if table.get("centre_shift"):
-        lines.append("| centre shift (test vs val) | " + " | ".join(fmt(table["centre_shift"], k) for k in keys) + " | – |")
+        lines.append("| centre shift (test vs val) | " + " | ".join(fmt(table["centre_shift"], k) for k in keys) + " | – | – |")
     for name, m in table["rows"].items():
-        lines.append(f"| {name} | " + " | ".join(fmt(m, k) for k in keys) + f" | {m['seconds_per_1000']:.0f} |")
+        lines.append(f"| {name} | " + " | ".join(fmt(m, k) for k in keys)
+                     + f" | {m['seconds_per_1000']:.0f} | {m.get('torch_threads') or '?'} |")
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import to_hwc_numpy
+from .device import Precision, use_bf16
 from .samplers import SamplerName, sample_progressive, trailing_timesteps
 from .schedules import NoiseSchedule
 
@@ -29,10 +30,11 @@ def _model_device(model: nn.Module) -> torch.device:
 @torch.inference_mode()
 def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: SamplerName = "dpmpp",
              num_steps: int | None = None, seed: int = 0, batch_size: int = 500, eta: float = 0.0,
-             progress: bool = False, callback=None) -> torch.Tensor:
-    """``n`` images in [-1, 1], shape (n, C, H, W), on the CPU. Same seed and batch size, same images.
+             progress: bool = False, callback=None, precision: Precision = "auto") -> torch.Tensor:
+    """``n`` images in [-1, 1], shape (n, C, H, W), on the CPU. Same seed, batch size and precision, same images.
 
-    ``callback(done_calls, total_calls)`` is called after every network evaluation (for UI progress).
+    The network runs under bf16 autocast where the hardware has it (``precision="auto"``); the sampler's
+    own arithmetic stays float32. ``callback(done_calls, total_calls)`` follows every network evaluation.
     """
     if n < 1:
         raise ValueError(f"number of images must be at least 1, got {n}")
@@ -48,7 +50,8 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: Sampler
     for b in batches:
         shape = (b, cfg.in_channels, cfg.image_size, cfg.image_size)
         step = None
-        for step in sample_progressive(model, schedule, shape, sampler, num_steps, eta=eta, generator=generator, device=device):
+        for step in sample_progressive(_autocast(model, precision, device), schedule, shape, sampler, num_steps,
+                                       eta=eta, generator=generator, device=device):
             done += 1
             bar.update(1)
             if callback is not None:
@@ -56,6 +59,17 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: Sampler
         out.append(step.prev_sample.float().cpu())
     bar.close()
     return torch.cat(out)
+
+
+def _autocast(model: nn.Module, precision: Precision, device: torch.device):
+    """The network as a function run under bf16 autocast when ``precision`` asks for it (or "auto" finds it fast)."""
+    enabled = use_bf16(precision, device)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
+            return model(x, t)
+
+    return fn
 
 
 @dataclass(frozen=True)
@@ -79,7 +93,8 @@ class Trajectory:
 
 @torch.inference_mode()
 def trajectory(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: SamplerName = "dpmpp",
-               num_steps: int | None = None, seed: int = 0, eta: float = 0.0, callback=None) -> Trajectory:
+               num_steps: int | None = None, seed: int = 0, eta: float = 0.0, callback=None,
+               precision: Precision = "auto") -> Trajectory:
     """Run one sampler on ``n`` images and keep every step (x_t and x̂₀) as uint8."""
     model.eval()
     cfg = model.config
@@ -88,8 +103,9 @@ def trajectory(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: Sampl
     x_T = torch.randn(shape, generator=generator)
     samples, preds, ts = [to_hwc_numpy(x_T)], [np.full_like(to_hwc_numpy(x_T), 128)], [schedule.num_timesteps]
     total = num_model_calls(schedule, sampler, num_steps)
-    for step in sample_progressive(model, schedule, shape, sampler, num_steps, eta=eta, generator=generator,
-                                   noise=x_T, device=_model_device(model)):
+    device = _model_device(model)
+    for step in sample_progressive(_autocast(model, precision, device), schedule, shape, sampler, num_steps, eta=eta,
+                                   generator=generator, noise=x_T, device=device):
         samples.append(to_hwc_numpy(step.prev_sample))
         preds.append(to_hwc_numpy(step.pred_original_sample))
         ts.append(step.t)

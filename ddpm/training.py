@@ -25,10 +25,10 @@ from torch import nn
 from . import checkpoints as ckpt
 from .config import ConfigMixin
 from .data import dihedral_augment, to_model_range
+from .device import Precision, cpu_has_fast_bf16, resolve_device, use_bf16  # noqa: F401  (re-exported)
 from .schedules import NoiseSchedule, ScheduleConfig, min_snr_weight, q_sample, training_target
 from .unet import UNetConfig, build_unet, count_parameters
 
-Precision = Literal["auto", "bf16", "fp32"]
 
 
 @dataclass(frozen=True)
@@ -99,30 +99,6 @@ class TrainResult:
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX), where autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
-    return device
-
-
-def use_bf16(precision: Precision, device: torch.device) -> bool:
-    if precision != "auto":
-        return precision == "bf16"
-    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
 
 
 def diffusion_loss(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
