@@ -97,7 +97,8 @@ def main() -> None:
                                  "class_hist": report["class_hist"]["generated"]}
         table["class_prior"] = report["class_hist"]["train_prior"]
         if args.checkpoint_reports and CANONICAL.get(row[1]) == row[0]:
-            write_checkpoint_report(row, report, images, per_1000, source, threads, data, args)
+            shared = {k: table[k] for k in ("floor", "centre_shift", "floor_protocol") if table.get(k) is not None}
+            write_checkpoint_report(row, {**shared, **report}, images, per_1000, source, threads, data, args)
         out_json.write_text(json.dumps(table, indent=1) + "\n")
         print(row[0], {k: report["metrics"][k] for k in METRIC_KEYS}, f"{per_1000:.1f} s/1000", flush=True)
     table["date"] = time.strftime("%Y-%m-%d")
