@@ -54,13 +54,13 @@ def load_reference(data_dir: str | None = None) -> ReferenceData:
 
 
 @functools.lru_cache(maxsize=4)
-def _encoded(encoder: TissueEncoder, images_id: int, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _encoded(encoder: TissueEncoder, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:  # tensors hash by identity
     return encoder_outputs(encoder, images)
 
 
 def encode(encoder: TissueEncoder, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Encoder features and class probabilities; cached for the (large, reused) reference tensors."""
-    return _encoded(encoder, id(images), images) if images.shape[0] > 2000 else encoder_outputs(encoder, images)
+    return _encoded(encoder, images) if images.shape[0] > 2000 else encoder_outputs(encoder, images)
 
 
 def distribution_metrics(ref_feats: np.ndarray, feats: np.ndarray, probs: np.ndarray, prior: np.ndarray) -> dict:
@@ -100,7 +100,7 @@ def evaluate_images(generated: torch.Tensor, data: ReferenceData | None = None, 
     n = generated.shape[0]
     tell(0.05, "encoding reference patches")
     ref_feats, _ = encode(encoder, data.reference.images)
-    train_feats, _ = encode(encoder, data.train.images)
+    train_feats, train_probs = encode(encoder, data.train.images)
     tell(0.25, "encoding generated patches")
     fake_feats, fake_probs = encoder_outputs(encoder, generated)
     prior = label_histogram(data.train.labels.numpy(), len(CLASS_NAMES))
@@ -126,7 +126,7 @@ def evaluate_images(generated: torch.Tensor, data: ReferenceData | None = None, 
         tell(0.6, "real-versus-real floor")
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(data.train), generator=g)[:min(n, len(data.train))]
-        floor = distribution_metrics(ref_feats, train_feats[idx.numpy()], encoder_outputs(encoder, data.train.images[idx])[1], prior)
+        floor = distribution_metrics(ref_feats, train_feats[idx.numpy()], train_probs[idx.numpy()], prior)
         # a training patch's nearest training patch is itself: the floor's memorization uses held-out patches
         held = data.reference.images[torch.randperm(len(data.reference), generator=g)[:min(n, 2000, len(data.reference))]]
         floor.update(memorization_metrics(held, encoder_outputs(encoder, held)[0], data.train, train_feats)[0])
