@@ -3,6 +3,7 @@ import streamlit as st
 
 from ddpm.data import CLASS_NAMES, DATA_CREDIT, SPLIT_SIZES
 from ddpm.explain import describe_checkpoint, preset_comparison
+from ddpm.schedules import NoiseSchedule, ScheduleConfig
 from pages._shared import PRETRAINED, keep_training_alive, load_model
 
 keep_training_alive()
@@ -30,9 +31,10 @@ DPM-Solver++ (2M) (Lu et al. 2022), which gives good patches in about 20 steps.
 """)
 st.subheader("The seed paper's setup, and what we changed")
 st.table(preset_comparison())
-st.markdown("""
+PAPER_SIGNAL = NoiseSchedule.from_config(ScheduleConfig.paper()).terminal_signal
+st.markdown(f"""
 Why each change:
-- **Zero terminal SNR** (Lin et al. 2024). The paper's linear schedule leaves about 36% of the image in x_T, but
+- **Zero terminal SNR** (Lin et al. 2024). The paper's linear schedule leaves about {PAPER_SIGNAL:.0%} of the image in x_T (√ᾱ_T = {PAPER_SIGNAL:.2f}), but
   sampling starts from pure noise, so the first steps see inputs unlike any in training. Rescaling makes x_T pure noise.
 - **Cosine schedule** (Nichol & Dhariwal 2021). It spends fewer steps on nearly destroyed images, where little is learned.
 - **v-prediction** (Salimans & Ho 2022). With SNR 0 at t = T, predicting the noise leaves x̂₀ undefined; predicting
