@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ddpm.checkpoints import load_checkpoint  # noqa: E402
-from ddpm.data import image_grid, save_png, to_hwc_numpy, to_uint8  # noqa: E402
+from ddpm.data import image_grid, to_hwc_numpy, to_uint8  # noqa: E402
+from ddpm.export import save_png  # noqa: E402
 from ddpm.evaluation.encoder import load_encoder  # noqa: E402
 from ddpm.evaluation.report import METRIC_KEYS, evaluate_images, evaluation_panel, load_reference  # noqa: E402
 from ddpm.pipeline import generate  # noqa: E402

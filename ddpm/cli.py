@@ -145,7 +145,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .checkpoints import load_checkpoint
-    from .data import image_grid, save_png, to_hwc_numpy
+    from .data import image_grid, to_hwc_numpy
+    from .export import save_png
     from .pipeline import generate
     from .training import resolve_device
 

@@ -174,11 +174,3 @@ def image_grid(images_hwc: np.ndarray, ncols: int | None = None, pad: int = 2, p
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
     return grid
 
-
-def save_png(array_hwc: np.ndarray, path: str | os.PathLike, scale: int = 1) -> None:
-    from PIL import Image
-
-    img = Image.fromarray(array_hwc)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path)

@@ -28,6 +28,11 @@ def png_bytes(image_hwc: np.ndarray, scale: int = 1) -> bytes:
     return buf.getvalue()
 
 
+def save_png(image_hwc: np.ndarray, path: str | os.PathLike, scale: int = 1) -> None:
+    """Write ``png_bytes(image_hwc, scale)`` to ``path``."""
+    Path(path).write_bytes(png_bytes(image_hwc, scale))
+
+
 def trajectory_gif(samples: np.ndarray, pred_x0: np.ndarray, ncols: int | None = None, scale: int = 2,
                    frame_ms: int = 100, hold_last_ms: int = 1500, max_frames: int = 50) -> bytes:
     """An animated GIF of a reverse run: x_t grid | x̂₀ grid per frame, looping, the final frame held.

@@ -7,7 +7,6 @@ Nothing here imports Streamlit; tests check traces and frames directly.
 from __future__ import annotations
 
 import base64
-import io
 import math
 from typing import Mapping, Sequence
 
@@ -16,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .data import CLASS_NAMES, image_grid
+from .export import png_bytes
 from .schedules import NoiseSchedule
 
 REAL_COLOR = "#6c757d"
@@ -39,11 +39,7 @@ METRIC_INFO: dict[str, tuple[str, str]] = {
 
 def png_data_uri(image_hwc: np.ndarray) -> str:
     """A uint8 (H, W, 3) array as a ``data:image/png;base64,…`` URI."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image_hwc)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image_hwc)).decode()
 
 
 def _image_trace(image_hwc: np.ndarray, name: str = "") -> go.Image:

@@ -161,7 +161,8 @@ def evaluation_panel(generated_hwc: np.ndarray, data: ReferenceData, report: dic
 def evaluate_checkpoint(args) -> dict:
     """``python -m ddpm evaluate``: sample, time, score, write ``OUT.json`` and ``OUT.png``."""
     from ..checkpoints import load_checkpoint
-    from ..data import save_png, to_hwc_numpy, to_uint8
+    from ..data import to_hwc_numpy, to_uint8
+    from ..export import save_png
     from ..pipeline import generate, num_model_calls
     from ..training import resolve_device
 
