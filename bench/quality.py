@@ -228,7 +228,8 @@ def write_markdown(table: dict) -> None:
     lines.append("| real-vs-real floor | " + " | ".join(fmt(table["floor"], k) for k in keys) + " | – | – |")
     if table.get("centre_shift"):
         lines.append("| centre shift (test vs val) | " + " | ".join(fmt(table["centre_shift"], k) for k in keys) + " | – | – |")
-    for name, m in table["rows"].items():
+    order = [row[0] for row in ROWS]
+    for name, m in sorted(table["rows"].items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)):
         lines.append(f"| {name} | " + " | ".join(fmt(m, k) for k in keys)
                      + f" | {m['seconds_per_1000']:.0f} | {m.get('torch_threads') or '?'} |")
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
