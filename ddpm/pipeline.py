@@ -40,7 +40,9 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: Sampler
         raise ValueError(f"number of images must be at least 1, got {n}")
     model.eval()
     device = _model_device(model)
-    batch_size = batch_size or default_batch_size(device)
+    batch_size = default_batch_size(device) if batch_size is None else batch_size
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     cfg = model.config
     generator = torch.Generator().manual_seed(seed)
     calls = num_model_calls(schedule, sampler, num_steps)
