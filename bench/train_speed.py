@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ddpm.presets import PRESETS  # noqa: E402
-from ddpm.training import cpu_has_fast_bf16  # noqa: E402
+from ddpm.device import cpu_has_fast_bf16  # noqa: E402
 from ddpm.unet import build_unet, count_parameters  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -148,7 +148,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .data import image_grid, to_hwc_numpy
     from .export import save_png
     from .pipeline import generate
-    from .training import resolve_device
+    from .device import resolve_device
 
     ckpt = load_checkpoint(args.checkpoint)
     print(f"model from {ckpt.source}", file=sys.stderr)

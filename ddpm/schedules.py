@@ -71,7 +71,6 @@ class ScheduleConfig(ConfigMixin):
                    zero_terminal_snr=False, prediction_type="epsilon")
 
 
-
 def linear_betas(num_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
     """β_t spaced linearly from beta_start to beta_end (Ho et al. 2020). Shape (T,), float64."""
     return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)

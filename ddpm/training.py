@@ -25,10 +25,9 @@ from torch import nn
 from . import checkpoints as ckpt
 from .config import ConfigMixin
 from .data import dihedral_augment, to_model_range
-from .device import Precision, cpu_has_fast_bf16, resolve_device, use_bf16  # noqa: F401  (re-exported)
+from .device import Precision, resolve_device, use_bf16
 from .schedules import NoiseSchedule, ScheduleConfig, min_snr_weight, q_sample, training_target
 from .unet import UNetConfig, build_unet, count_parameters
-
 
 
 @dataclass(frozen=True)

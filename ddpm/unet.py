@@ -48,7 +48,6 @@ class UNetConfig(ConfigMixin):
             raise ValueError(f"image_size {self.image_size} must be divisible by {down} for {len(self.channel_mults)} levels")
 
 
-
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """Sinusoidal embedding (Vaswani et al. 2017): [cos(t ω_i), sin(t ω_i)], ω_i = max_period^(-i/(dim/2)).
 

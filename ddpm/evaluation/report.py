@@ -164,7 +164,7 @@ def evaluate_checkpoint(args) -> dict:
     from ..data import to_hwc_numpy, to_uint8
     from ..export import save_png
     from ..pipeline import generate, num_model_calls
-    from ..training import resolve_device
+    from ..device import resolve_device
 
     ckpt = load_checkpoint(args.checkpoint)
     print(f"model from {ckpt.source}")
