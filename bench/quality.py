@@ -22,6 +22,7 @@ sum of its shards' times):
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import re
@@ -60,9 +61,19 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-#: images per network call when sampling for the table: on 2 CPU cores batches of 125 ran at 354 images·steps/s
-#: against 294 for batches of 500 (two threads, bf16; measured 2026-11-25)
-BATCH = 125  # (ddpm.pipeline.default_batch_size gives 128 on CPU; 125 divides the shards evenly)
+#: images per network call: ddpm.pipeline.default_batch_size's CPU size, rounded to divide 5000 and its shards
+BATCH = 125
+
+
+@functools.lru_cache(maxsize=None)
+def _checkpoint(source: str):
+    """Each shipped model loaded once per run (loading probes the Hub first)."""
+    return load_checkpoint(source)
+
+
+def cache_path(name: str, n: int, seed: int, shard: str = "") -> Path:
+    """Where a row's samples (``shard=""``) or one shard of them (``"shard0of2"``; ``"shard*"`` to glob) are cached."""
+    return SAMPLES / f"{slug(name)}-n{n}-seed{seed}{'-' + shard if shard else ''}.npz"
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -98,14 +109,14 @@ def samples_for(row: tuple, n: int, seed: int, fresh: bool, shard: tuple[int, in
     whose k shard files are all present is assembled from them, its time the sum of theirs.
     """
     name, source, sampler, steps = row
-    ckpt = load_checkpoint(source)
+    ckpt = _checkpoint(source)
     fingerprint = weights_fingerprint(ckpt.model)
-    path = SAMPLES / f"{slug(name)}-n{n}-seed{seed}.npz"
+    path = cache_path(name, n, seed)
     index, count = shard
     if count == 1:
         cached = None if fresh else _read_cache(path, fingerprint)
         if cached is None:
-            shards = sorted(SAMPLES.glob(f"{slug(name)}-n{n}-seed{seed}-shard*of*.npz"))
+            shards = sorted(SAMPLES.glob(cache_path(name, n, seed, "shard*of*").name))
             parts = [_read_cache(p, fingerprint) for p in shards] if shards and not fresh else []
             total = int(re.search(r"of(\d+)", shards[0].name).group(1)) if shards else 0
             if parts and len(parts) == total and all(parts):
@@ -118,7 +129,7 @@ def samples_for(row: tuple, n: int, seed: int, fresh: bool, shard: tuple[int, in
     else:
         if not 0 <= index < count or n < count:
             raise ValueError(f"shard {index}/{count} of {n} samples does not exist")
-        part = SAMPLES / f"{slug(name)}-n{n}-seed{seed}-shard{index}of{count}.npz"
+        part = cache_path(name, n, seed, f"shard{index}of{count}")
         cached = None if fresh else _read_cache(part, fingerprint)
         if cached is None:
             size = n // count if index < count - 1 else n - (count - 1) * (n // count)
@@ -196,8 +207,8 @@ def main() -> None:
     write_markdown(table)
     grids = []
     for row in ROWS:  # rows scored in earlier runs keep their grid while their cached samples match the weights
-        cached = _read_cache(SAMPLES / f"{slug(row[0])}-n{args.n}-seed{args.seed}.npz",
-                             weights_fingerprint(load_checkpoint(row[1]).model)) if row[0] in table["rows"] else None
+        cached = _read_cache(cache_path(row[0], args.n, args.seed),
+                             weights_fingerprint(_checkpoint(row[1]).model)) if row[0] in table["rows"] else None
         if cached is not None:
             grids.append((row[0], to_hwc_numpy(cached["images"][:48])))
     if grids:
