@@ -1,11 +1,15 @@
 """The quality table: every shipped model and sampler under one protocol, beside the real-vs-real floor.
 
 Rows: real-vs-real floor; centre shift (test vs val); the `seed` preset (the paper's DDPM, all 200
-steps); the default model with DDPM over all steps, DDIM at 50 and 20 steps, DPM-Solver++ at 20 and
-10 steps.  Same reference (the validation split), same sample count, same encoder.  Writes
-bench/results/quality.{json,md} and quality_samples.png (a grid per row beside real patches).
+steps); the previous, unconditional default (from git history) with DPM-Solver++ 20; the default,
+tissue-conditional model's guidance sweep with DPM-Solver++ 20 (classes drawn from the training prior),
+then, at the sweep's best guidance, DDIM at 50 and 20 steps, DPM-Solver++ at 10 steps and DDPM over all
+steps. Same reference (the validation split), same sample count, same encoder. Conditional rows also
+report the conditional accuracy and a per-tissue table. Writes bench/results/quality.{json,md},
+quality_samples.png (a grid per row beside real patches) and tissue_samples.png (per tissue, generated
+beside real), and records the chosen guidance in checkpoints/default/config.json ("sampling").
 
-    python bench/quality.py --data-dir ../shared/data [-n 5000] [--rows default-dpmpp-20 ...]
+    python bench/quality.py --data-dir ../shared/data [-n 5000] [--rows SLUG ...]
 
 Generated samples are kept in bench/results/samples/ (git-ignored) with their wall time and a
 fingerprint of the weights that made them, so an interrupted run resumes where it stopped and a retrained
@@ -26,48 +30,88 @@ import functools
 import hashlib
 import json
 import re
+import subprocess
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ddpm.checkpoints import load_checkpoint  # noqa: E402
-from ddpm.data import image_grid, to_hwc_numpy, to_uint8  # noqa: E402
+from ddpm.checkpoints import CONFIG_NAME, WEIGHTS_NAME, atomic_write_json, load_checkpoint  # noqa: E402
+from ddpm.data import CLASS_NAMES, image_grid, to_hwc_numpy, to_uint8  # noqa: E402
 from ddpm.export import save_png  # noqa: E402
 from ddpm.evaluation.encoder import load_encoder  # noqa: E402
 from ddpm.evaluation.report import METRIC_KEYS, evaluate_images, evaluation_panel, load_reference  # noqa: E402
-from ddpm.pipeline import generate  # noqa: E402
+from ddpm.pipeline import generate, recommended_sampling, resolve_classes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SAMPLES = RESULTS / "samples"
-#: the row whose report becomes each shipped model's checkpoints/<name>/evaluation.json (with --checkpoint-reports)
-CANONICAL = {"seed": "seed (paper) DDPM 200", "default": "default DPM-Solver++ 20"}
-#: (row name, checkpoint, sampler, steps)
-ROWS = [
-    ("seed (paper) DDPM 200", "seed", "ddpm", None),
-    ("default DDPM all steps", "default", "ddpm", None),
-    ("default DDIM 50", "default", "ddim", 50),
-    ("default DDIM 20", "default", "ddim", 20),
-    ("default DPM-Solver++ 20", "default", "dpmpp", 20),
-    ("default DPM-Solver++ 10", "default", "dpmpp", 10),
-]
+#: the previous default (unconditional `small`, 6,011 steps on 2 CPU cores), read from git history
+PREVIOUS_DEFAULT = "git:2a64ec2:checkpoints/default"
+GUIDANCE_SWEEP = (0.0, 1.0, 1.5, 2.0, 3.0, 4.0)
+SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++"}
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str  # which model, in words
+    source: str  # checkpoint: shipped name, folder or git:REV:PATH
+    sampler: str
+    steps: int | None  # None: all T (DDPM)
+    guidance: float | None = None  # None: an unconditional model
+    n: int | None = None  # another sample count than the table's (said in the row's name)
+
+    @property
+    def name(self) -> str:
+        steps = "all steps" if self.steps is None else str(self.steps)
+        g = "" if self.guidance is None else f", guidance {self.guidance:g}"
+        return f"{self.label} {SAMPLER_NAMES[self.sampler]} {steps}{g}{f' (n = {self.n})' if self.n else ''}"
+
+
+def rows_for(guidance: float | None) -> list[Row]:
+    """The table's rows; those after the sweep use ``guidance`` (the sweep's best), or none if not chosen yet."""
+    rows = [Row("seed (paper)", "seed", "ddpm", None), Row("previous default (unconditional, CPU)", PREVIOUS_DEFAULT, "dpmpp", 20)]
+    rows += [Row("default", "default", "dpmpp", 20, g) for g in GUIDANCE_SWEEP]
+    if guidance is not None:
+        rows += [Row("default", "default", s, k, guidance) for s, k in (("dpmpp", 10), ("ddim", 20), ("ddim", 50))]
+        rows += [Row("default", "default", "ddpm", None, guidance, n=1000)]
+    return rows
+
+
+def chosen_guidance(table: dict) -> float | None:
+    """The sweep's guidance with the lowest FD, once every sweep row is scored."""
+    fds = {g: table["rows"].get(Row("default", "default", "dpmpp", 20, g).name, {}).get("fd") for g in GUIDANCE_SWEEP}
+    return None if None in fds.values() else min(fds, key=fds.get)
 
 
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-#: images per network call: ddpm.pipeline.default_batch_size's CPU size, rounded to divide 5000 and its shards
+#: images per network call: ddpm.pipeline.default_batch_size's CPU size, rounded to divide 5000 and its shards;
+#: guided rows run the network on twice their batch, so they take half (batches of about 128 are fastest here)
 BATCH = 125
+BATCH_GUIDED = 64
 
 
 @functools.lru_cache(maxsize=None)
 def _checkpoint(source: str):
-    """Each shipped model loaded once per run (loading probes the Hub first)."""
+    """Each model loaded once per run (loading probes the Hub first); ``git:REV:PATH`` reads a checkpoint
+    folder as it was at commit REV."""
+    if source.startswith("git:"):
+        _, rev, path = source.split(":", 2)
+        folder = SAMPLES / f"git-{rev}-{slug(path)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}/{name}"], capture_output=True, check=True).stdout
+            (folder / name).write_bytes(blob)
+        ckpt = load_checkpoint(folder)
+        ckpt.source = f"{path} at commit {rev}"
+        return ckpt
     return load_checkpoint(source)
 
 
@@ -97,19 +141,21 @@ def _read_cache(path: Path, fingerprint: str) -> dict | None:
         if "fingerprint" not in f or str(f["fingerprint"]) != fingerprint:
             print(f"{path.name}: made by other weights; regenerating", flush=True)
             return None
+        labels = torch.from_numpy(f["labels"]) if "labels" in f and len(f["labels"]) else None
         return {"images": torch.from_numpy(f["images"]), "seconds": float(f["seconds"]), "source": str(f["source"]),
-                "threads": int(f["torch_threads"])}
+                "threads": int(f["torch_threads"]), "labels": labels}
 
 
-def samples_for(row: tuple, n: int, seed: int, fresh: bool, shard: tuple[int, int] = (0, 1)
-                ) -> tuple[torch.Tensor, float, str, int | None]:
-    """(uint8 images (n, 3, 28, 28), seconds per 1000 samples, checkpoint source, torch threads), cached on disk.
+def samples_for(row: Row, n: int, seed: int, fresh: bool, shard: tuple[int, int] = (0, 1)
+                ) -> tuple[torch.Tensor, float, str, int | None, torch.Tensor | None]:
+    """(uint8 images (n, 3, 28, 28), seconds per 1000 samples, checkpoint source, torch threads, requested
+    classes (n,) or None), cached on disk.
 
     With ``shard=(i, k)`` only shard i of k (n // k images, the last takes the rest) is made and cached; a row
     whose k shard files are all present is assembled from them, its time the sum of theirs.
     """
-    name, source, sampler, steps = row
-    ckpt = _checkpoint(source)
+    name, sampler, steps, n = row.name, row.sampler, row.steps, row.n or n
+    ckpt = _checkpoint(row.source)
     fingerprint = weights_fingerprint(ckpt.model)
     path = cache_path(name, n, seed)
     index, count = shard
@@ -121,10 +167,11 @@ def samples_for(row: tuple, n: int, seed: int, fresh: bool, shard: tuple[int, in
             total = int(re.search(r"of(\d+)", shards[0].name).group(1)) if shards else 0
             if parts and len(parts) == total and all(parts):
                 cached = {"images": torch.cat([p["images"] for p in parts]), "seconds": sum(p["seconds"] for p in parts),
-                          "source": parts[0]["source"], "threads": max(p["threads"] for p in parts)}
+                          "source": parts[0]["source"], "threads": max(p["threads"] for p in parts),
+                          "labels": None if parts[0]["labels"] is None else torch.cat([p["labels"] for p in parts])}
                 _write_cache(path, cached, fingerprint)
         if cached is None:
-            cached = _sample(ckpt, sampler, steps, n, seed)
+            cached = _sample(ckpt, sampler, steps, n, seed, row.guidance)
             _write_cache(path, cached, fingerprint)
     else:
         if not 0 <= index < count or n < count:
@@ -133,21 +180,30 @@ def samples_for(row: tuple, n: int, seed: int, fresh: bool, shard: tuple[int, in
         cached = None if fresh else _read_cache(part, fingerprint)
         if cached is None:
             size = n // count if index < count - 1 else n - (count - 1) * (n // count)
-            cached = _sample(ckpt, sampler, steps, size, shard_seed(seed, index))
+            cached = _sample(ckpt, sampler, steps, size, shard_seed(seed, index), row.guidance)
             _write_cache(part, cached, fingerprint)
-    return cached["images"], cached["seconds"] * 1000 / len(cached["images"]), cached["source"], cached["threads"]
+    return (cached["images"], cached["seconds"] * 1000 / len(cached["images"]), cached["source"], cached["threads"],
+            cached["labels"])
 
 
-def _sample(ckpt, sampler: str, steps: int | None, n: int, seed: int) -> dict:
+def _sample(ckpt, sampler: str, steps: int | None, n: int, seed: int, guidance: float | None = None) -> dict:
+    """Samples of one row; a conditional model's classes are drawn from the training prior (seeded)."""
+    labels = resolve_classes(ckpt.model_config.num_classes, n, None, seed)
+    if (labels is None) != (guidance is None):
+        raise ValueError(f"{ckpt.source}: a guidance scale goes with a conditional model, none with an unconditional one")
     t0 = time.time()
-    images = to_uint8(generate(ckpt.model, ckpt.schedule, n, sampler, steps, seed=seed, batch_size=BATCH, progress=True))
-    return {"images": images, "seconds": time.time() - t0, "source": ckpt.source, "threads": torch.get_num_threads()}
+    batch = BATCH_GUIDED if guidance not in (None, 0.0, 1.0) else BATCH
+    images = to_uint8(generate(ckpt.model, ckpt.schedule, n, sampler, steps, seed=seed, batch_size=batch, progress=True,
+                               classes=labels, guidance=1.0 if guidance is None else guidance))
+    return {"images": images, "seconds": time.time() - t0, "source": ckpt.source, "threads": torch.get_num_threads(),
+            "labels": labels}
 
 
 def _write_cache(path: Path, cached: dict, fingerprint: str) -> None:
     SAMPLES.mkdir(parents=True, exist_ok=True)
+    labels = np.zeros(0, np.int64) if cached["labels"] is None else cached["labels"].numpy()
     np.savez_compressed(path, images=cached["images"].numpy(), seconds=cached["seconds"], source=cached["source"],
-                        torch_threads=cached["threads"], fingerprint=fingerprint)
+                        torch_threads=cached["threads"], fingerprint=fingerprint, labels=labels)
 
 
 def main() -> None:
@@ -156,9 +212,10 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", nargs="*", help="row slugs to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="print the rows' slugs and exit")
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--checkpoint-reports", action="store_true",
-                        help="also write the canonical rows' reports to checkpoints/<name>/evaluation.{json,png}")
+                        help="also write the default's and the seed's canonical reports to checkpoints/<name>/evaluation.{json,png}")
     parser.add_argument("--samples-only", action="store_true", help="generate and cache the rows' samples; score nothing")
     parser.add_argument("--shard", default="0/1", help="with --samples-only: make shard I of K of each row (I/K)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -172,77 +229,146 @@ def main() -> None:
         sys.exit(f"--shard takes I/K with 0 <= I < K, got {args.shard!r}")
     if shard[1] > 1 and not args.samples_only:
         sys.exit("--shard makes part of a row's samples; use it with --samples-only, then score the rows in one run")
+    out_json = RESULTS / "quality.json"
+    table = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": {}}
+    guidance = chosen_guidance(table)
+    known = {slug(r.name): r for r in rows_for(guidance)}
+    unknown = [r for r in args.rows or [] if r not in known]
+    if unknown:
+        sys.exit(f"unknown rows {unknown}; known now: {sorted(known)} (the rows after the sweep exist once it is scored)")
+    selected = [known[r] for r in args.rows] if args.rows else list(known.values())
+    if args.list:
+        print("\n".join(slug(r.name) for r in rows_for(guidance if guidance is not None else GUIDANCE_SWEEP[0])))
+        return
     if args.samples_only:
-        for row in ROWS:
-            if not args.rows or slug(row[0]) in args.rows:
-                _, per_1000, _, threads = samples_for(row, args.n, args.seed, args.fresh, shard)
-                print(f"{row[0]} shard {shard[0]}/{shard[1]}: {per_1000:.1f} s/1000 on {threads} thread(s)", flush=True)
+        for row in selected:
+            per_1000, threads = samples_for(row, args.n, args.seed, args.fresh, shard)[1::2]
+            print(f"{row.name} shard {shard[0]}/{shard[1]}: {per_1000:.1f} s/1000 on {threads} thread(s)", flush=True)
         return
     data = load_reference(args.data_dir)
     if data.note:
         sys.exit(f"the quality table needs the full PathMNIST file: {data.note}")
     encoder = load_encoder()
-    out_json = RESULTS / "quality.json"
-    table = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": {}}
-    for row in ROWS:
-        if args.rows and slug(row[0]) not in args.rows:
-            continue
-        images, per_1000, source, threads = samples_for(row, args.n, args.seed, args.fresh)
-        report = evaluate_images(images, data, encoder, seed=args.seed, with_floor="floor" not in table, progress=True)
+    for row in selected:
+        images, per_1000, source, threads, labels = samples_for(row, args.n, args.seed, args.fresh)
+        report = evaluate_images(images, data, encoder, seed=args.seed, with_floor="floor" not in table, progress=True,
+                                 requested=labels)
         if "floor" in report:
             table.update(floor=report["floor"], centre_shift=report.get("centre_shift"), protocol=report["protocol"],
                          floor_protocol=report["floor_protocol"])
-        table["rows"][row[0]] = {**report["metrics"], "seconds_per_1000": round(per_1000, 1), "torch_threads": threads,
-                                 "checkpoint": source,
-                                 "sampler": row[2], "steps": row[3], "n": args.n,
-                                 "class_hist": report["class_hist"]["generated"]}
+        table["rows"][row.name] = {**report["metrics"], "seconds_per_1000": round(per_1000, 1), "torch_threads": threads,
+                                   "checkpoint": source, "sampler": row.sampler, "steps": row.steps, "guidance": row.guidance,
+                                   "n": len(images), "class_hist": report["class_hist"]["generated"],
+                                   **({"per_class": report["per_class"]} if "per_class" in report else {})}
         table["class_prior"] = report["class_hist"]["train_prior"]
-        if args.checkpoint_reports and CANONICAL.get(row[1]) == row[0]:
+        out_json.write_text(json.dumps(table, indent=1) + "\n")
+        print(row.name, {k: report["metrics"][k] for k in METRIC_KEYS}, f"{per_1000:.1f} s/1000", flush=True)
+        if args.checkpoint_reports and row in canonical_rows(chosen_guidance(table)):
             shared = {k: table[k] for k in ("floor", "centre_shift", "floor_protocol") if table.get(k) is not None}
             write_checkpoint_report(row, {**shared, **report}, images, per_1000, source, threads, data, args)
-        out_json.write_text(json.dumps(table, indent=1) + "\n")
-        print(row[0], {k: report["metrics"][k] for k in METRIC_KEYS}, f"{per_1000:.1f} s/1000", flush=True)
+    guidance = chosen_guidance(table)
+    if guidance is not None:
+        record_sampling(guidance, table)
     table["date"] = time.strftime("%Y-%m-%d")
     out_json.write_text(json.dumps(table, indent=1) + "\n")
     write_markdown(table)
-    grids = []
-    for row in ROWS:  # rows scored in earlier runs keep their grid while their cached samples match the weights
-        cached = _read_cache(cache_path(row[0], args.n, args.seed),
-                             weights_fingerprint(_checkpoint(row[1]).model)) if row[0] in table["rows"] else None
+    write_grids(table, data, args)
+
+
+def canonical_rows(guidance: float | None) -> list[Row]:
+    """The rows whose reports become checkpoints/<name>/evaluation.json: the seed's, and the default's at its guidance."""
+    rows = [Row("seed (paper)", "seed", "ddpm", None)]
+    return rows + ([Row("default", "default", "dpmpp", 20, guidance)] if guidance is not None else [])
+
+
+def record_sampling(guidance: float, table: dict) -> None:
+    """Write the sweep's choice into the default's config.json, where `ddpm sample` and the app read it."""
+    path = ROOT / "checkpoints" / "default" / CONFIG_NAME
+    config = json.loads(path.read_text())
+    fd = table["rows"][Row("default", "default", "dpmpp", 20, guidance).name]["fd"]
+    sampling = {"sampler": "dpmpp", "steps": 20, "guidance": guidance,
+                "chosen_by": f"lowest FD of the guidance sweep in bench/results/quality.json (FD {fd:.3g}, n = "
+                             f"{table['rows'][Row('default', 'default', 'dpmpp', 20, guidance).name]['n']})"}
+    if config.get("sampling") != sampling:
+        atomic_write_json(path, {**config, "sampling": sampling})
+
+
+def write_grids(table: dict, data, args) -> None:
+    """quality_samples.png (48 samples per scored row, then real ones) and tissue_samples.png (per tissue,
+    generated at the chosen guidance beside real validation patches)."""
+    grids, guidance = [], chosen_guidance(table)
+    for row in rows_for(guidance):  # rows scored in earlier runs keep their grid while their cached samples match the weights
+        cached = _read_cache(cache_path(row.name, row.n or args.n, args.seed),
+                             weights_fingerprint(_checkpoint(row.source).model)) if row.name in table["rows"] else None
         if cached is not None:
-            grids.append((row[0], to_hwc_numpy(cached["images"][:48])))
+            grids.append((row.name, to_hwc_numpy(cached["images"][:48])))
     if grids:
         real = to_hwc_numpy(data.reference.images[:48])
         blocks = [image_grid(g, 12) for _, g in grids] + [image_grid(real, 12)]
         sep = np.full((blocks[0].shape[0], 10, 3), 255, np.uint8)
         save_png(np.concatenate(sum(([b, sep] for b in blocks), [])[:-1], axis=1), RESULTS / "quality_samples.png", scale=2)
         (RESULTS / "quality_samples.txt").write_text("left to right: " + ", ".join([n for n, _ in grids] + ["real (val)"]) + "\n")
+    if guidance is None:
+        return
+    row = Row("default", "default", "dpmpp", 20, guidance)
+    cached = _read_cache(cache_path(row.name, args.n, args.seed), weights_fingerprint(_checkpoint(row.source).model))
+    if cached is None:
+        return
+    per = 12
+    lines = []
+    for c in range(len(CLASS_NAMES)):
+        fake = cached["images"][cached["labels"] == c][:per]
+        real = data.reference.images[data.reference.labels == c][:per]
+        lines.append(image_grid(to_hwc_numpy(torch.cat([fake, real])), 2 * per))
+    save_png(np.concatenate(lines), RESULTS / "tissue_samples.png", scale=2)
+    (RESULTS / "tissue_samples.txt").write_text(
+        f"one row per tissue ({', '.join(CLASS_NAMES)}): {per} samples of {row.name} asked for that tissue (the first "
+        f"ones drawn in the row), then {per} real validation patches of it\n")
 
 
-def write_checkpoint_report(row: tuple, report: dict, images: torch.Tensor, per_1000: float, source: str,
+def write_checkpoint_report(row: Row, report: dict, images: torch.Tensor, per_1000: float, source: str,
                             threads: int | None, data, args) -> None:
     """The shipped model's own evaluation.json / evaluation.png (read by the app and the model card)."""
-    folder = ROOT / "checkpoints" / row[1]
-    report = {**report, "sampling": {"checkpoint": source, "sampler": row[2], "steps": row[3] or "all", "seed": args.seed,
+    folder = ROOT / "checkpoints" / row.source
+    report = {**report, "sampling": {"checkpoint": source, "sampler": row.sampler, "steps": row.steps or "all",
+                                     "guidance": row.guidance, "seed": args.seed,
                                      "seconds_per_1000": round(per_1000, 1), "torch_threads": threads}}
     (folder / "evaluation.json").write_text(json.dumps(report, indent=1) + "\n")
     save_png(evaluation_panel(to_hwc_numpy(images), data, report), folder / "evaluation.png", scale=2)
 
 
+def _fmt(m: dict | None, k: str) -> str:
+    return f"{m[k]:.4g}" if m and k in m and m[k] is not None else "–"
+
+
 def write_markdown(table: dict) -> None:
-    keys = ("fd", "kid_mean", "precision", "recall", "density", "coverage", "class_tv", "memorization_share")
-    lines = [f"n = {next(iter(table['rows'].values()), {}).get('n', '?')} generated per row against "
+    keys = ("fd", "kid_mean", "precision", "recall", "density", "coverage", "class_tv", "conditional_accuracy",
+            "memorization_share")
+    lines = [f"n = {table['rows'][next(iter(table['rows']))]['n']} generated per row (unless the row says otherwise) against "
              f"{table['protocol']['reference']} ({table['protocol']['n_reference']} patches); {table['floor_protocol']}. "
-             f"Sampling time per 1,000 samples on this machine's CPU, with the torch threads it had ({table.get('date')}).", "",
+             "Conditional rows draw their tissues from the training prior. Sampling time per 1,000 samples on this "
+             f"machine's CPU, with the torch threads it had ({table.get('date')}).", "",
              "| row | " + " | ".join(keys) + " | s / 1000 samples | threads |", "|---" * (len(keys) + 3) + "|"]
-    fmt = lambda m, k: f"{m[k]:.4g}" if m and k in m and m[k] is not None else "–"  # noqa: E731
-    lines.append("| real-vs-real floor | " + " | ".join(fmt(table["floor"], k) for k in keys) + " | – | – |")
+    lines.append("| real-vs-real floor | " + " | ".join(_fmt(table["floor"], k) for k in keys) + " | – | – |")
     if table.get("centre_shift"):
-        lines.append("| centre shift (test vs val) | " + " | ".join(fmt(table["centre_shift"], k) for k in keys) + " | – | – |")
-    order = [row[0] for row in ROWS]
-    for name, m in sorted(table["rows"].items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)):
-        lines.append(f"| {name} | " + " | ".join(fmt(m, k) for k in keys)
+        lines.append("| centre shift (test vs val) | " + " | ".join(_fmt(table["centre_shift"], k) for k in keys) + " | – | – |")
+    guidance = chosen_guidance(table)
+    order = [r.name for r in rows_for(guidance if guidance is not None else GUIDANCE_SWEEP[0])]
+    for name in sorted(table["rows"], key=lambda n: order.index(n) if n in order else len(order)):
+        if name not in order:
+            continue  # a row of an earlier protocol
+        m = table["rows"][name]
+        lines.append(f"| {name} | " + " | ".join(_fmt(m, k) for k in keys)
                      + f" | {m['seconds_per_1000']:.0f} | {m.get('torch_threads') or '?'} |")
+    if guidance is not None:
+        row = table["rows"][Row("default", "default", "dpmpp", 20, guidance).name]
+        lines += ["", f"Per tissue, {Row('default', 'default', 'dpmpp', 20, guidance).name} (the chosen guidance): FD of the "
+                  "samples asked for each tissue against the validation patches of that tissue, beside the same FD for as "
+                  "many training patches of it (the floor).", "",
+                  "| tissue | n | FD | FD floor | conditional accuracy | copy share |", "|---|---:|---:|---:|---:|---:|"]
+        for c in row.get("per_class", []):
+            lines.append(f"| {c['class']} | {c['n']} | {_fmt(c, 'fd')} | {_fmt(c, 'fd_floor')} | "
+                         f"{_fmt(c, 'conditional_accuracy')} | {_fmt(c, 'memorization_share')} |")
     (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
 
 

@@ -31,7 +31,8 @@ STATE_CONFIG_NAME = "training_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"  # Adam moments: large, not shipped; resume works without them
 LOG_NAME = "training_log.csv"
 REQUIRED_KEYS = ("format_version", "model", "schedule")
-OPTIONAL_KEYS = ("library", "preset", "training", "weights_dtype", "description", "data", "init_from", "class_names")
+OPTIONAL_KEYS = ("library", "preset", "training", "weights_dtype", "description", "data", "init_from", "class_names",
+                 "sampling")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DIR = REPO_ROOT / "checkpoints"
 DEFAULT_MODEL = "default"

@@ -47,8 +47,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate images into FILE.npz and FILE.png")
     p.add_argument("--checkpoint", default=None, help="folder, shipped name (default, seed) or Hub repo id")
-    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"], default="dpmpp")
-    p.add_argument("--steps", type=int, help="sampler steps (DDPM always uses all T; default 20 otherwise)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"],
+                   help="sampler (default: the checkpoint's recommended one, else dpmpp)")
+    p.add_argument("--steps", type=int, help="sampler steps (DDPM always uses all T; default: the checkpoint's recommended, else 20)")
+    p.add_argument("--class", dest="tissue", metavar="NAME|INDEX|prior",
+                   help="tissue-conditional models: the tissue to generate (a name such as 'adipose', a unique prefix, "
+                        "an index 0-8) or 'prior' (default: draws from the training split's class frequencies)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale s: uncond + s·(cond − uncond); 0 = "
+                   "unconditional, 1 = plain conditional (default: the checkpoint's recommended, chosen by its guidance sweep)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 ancestral)")
     p.add_argument("-n", type=int, default=64, help="number of images")
     p.add_argument("--seed", type=int, default=0)
@@ -177,18 +183,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .checkpoints import load_checkpoint
     from .data import image_grid, to_hwc_numpy
     from .export import save_png
-    from .pipeline import generate
+    from .pipeline import generate, recommended_sampling, resolve_classes
     from .device import resolve_device
 
     ckpt = load_checkpoint(args.checkpoint)
-    print(f"model from {ckpt.source}", file=sys.stderr)
+    rec = recommended_sampling(ckpt.config)
+    sampler = args.sampler or rec["sampler"]
+    steps = args.steps if args.steps is not None else (None if sampler == "ddpm" else rec["steps"])
+    conditional = ckpt.model_config.num_classes is not None
+    if not conditional and (args.guidance is not None or args.tissue not in (None, "prior")):
+        raise ValueError(f"{ckpt.source} is an unconditional model: --class and --guidance need a tissue-conditional one")
+    guidance = (args.guidance if args.guidance is not None else rec["guidance"]) if conditional else 1.0
+    classes = resolve_classes(ckpt.model_config.num_classes, args.n, args.tissue, args.seed) if conditional else None
+    print(f"model from {ckpt.source}; {sampler} {steps or 'all'} steps"
+          + (f", class {args.tissue or 'prior'}, guidance {guidance:g}" if conditional else ", unconditional"), file=sys.stderr)
     model = ckpt.model.to(resolve_device(args.device))
-    images = to_hwc_numpy(generate(model, ckpt.schedule, args.n, args.sampler, args.steps, args.seed,
-                                   args.batch_size, args.eta, progress=True))
+    images = to_hwc_numpy(generate(model, ckpt.schedule, args.n, sampler, steps, args.seed,
+                                   args.batch_size, args.eta, progress=True, classes=classes, guidance=guidance))
     out = Path(args.out)
     out = out.with_suffix("") if out.suffix in (".npz", ".png") else out
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out.with_suffix(".npz"), images=images)
+    extra = {} if classes is None else {"labels": classes.numpy()}  # the tissue each image was asked to be
+    np.savez_compressed(out.with_suffix(".npz"), images=images, **extra)
     save_png(image_grid(images[:256]), out.with_suffix(".png"), scale=2)
     print(f"wrote {out.with_suffix('.npz')} ({images.shape}) and {out.with_suffix('.png')}", file=sys.stderr)
     return 0

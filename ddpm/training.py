@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import platform
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -330,6 +331,8 @@ class Trainer:
             "images_seen": self.images_seen, "world_size": self.world_size,
             "effective_batch": self.config.batch_size * self.world_size,
             "train_seconds": round(self.train_seconds, 1), "device": str(self.device.type), "bf16": self.bf16,
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "CPU",
+            "torch": torch.__version__,
             "num_train_images": int(self.images.shape[0]), "parameters": count_parameters(self.model)})
 
     def save(self) -> None:

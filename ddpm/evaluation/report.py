@@ -29,6 +29,7 @@ from .metrics import (class_histogram, color_histograms, frechet_distance, kerne
 
 METRIC_KEYS = ("fd", "kid_mean", "kid_std", "precision", "recall", "density", "coverage", "class_tv",
                "memorization_share", "memorization_share_encoder")
+MIN_PER_CLASS = 50  # fewer samples of a tissue than this: its per-tissue FD is not reported
 NEAREST_SHOWN = 64  # samples whose nearest training patch the report keeps for display
 
 
@@ -80,15 +81,45 @@ def memorization_metrics(images: torch.Tensor, feats: np.ndarray, train: ImageSe
             "median_nn_ratio": float(np.median(pix.ratio)), "median_nn_pixel_l2": float(np.median(pix.distance))}, pix
 
 
+def conditional_accuracy(probs: np.ndarray, requested: np.ndarray) -> float:
+    """Share of generated patches that the encoder assigns to the tissue they were asked to be."""
+    return float((probs.argmax(1) == requested).mean())
+
+
+def per_class_metrics(ref_feats: np.ndarray, ref_labels: np.ndarray, feats: np.ndarray, probs: np.ndarray,
+                      requested: np.ndarray, copy_ratio: np.ndarray, train_feats: np.ndarray, train_labels: np.ndarray,
+                      seed: int = 0) -> list[dict]:
+    """Per tissue c: FD of the samples asked to be c against the reference patches of class c, the floor of
+    that FD (as many training patches of class c), conditional accuracy and copy share. (A row per class.)"""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c, name in enumerate(CLASS_NAMES):
+        mine = requested == c
+        n = int(mine.sum())
+        row = {"class": name, "n": n}
+        if n:
+            row["conditional_accuracy"] = conditional_accuracy(probs[mine], requested[mine])
+            row["memorization_share"] = float((copy_ratio[mine] < COPY_RATIO).mean())
+        ref_c = ref_feats[ref_labels == c]
+        if n >= MIN_PER_CLASS and len(ref_c) >= MIN_PER_CLASS:
+            row["fd"] = frechet_distance(ref_c, feats[mine])
+            pool = np.flatnonzero(train_labels == c)
+            row["fd_floor"] = frechet_distance(ref_c, train_feats[rng.choice(pool, min(n, len(pool)), replace=False)])
+        rows.append({k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in row.items()})
+    return rows
+
+
 def _rounded(d: dict) -> dict:
     return {k: float(f"{float(v):.6g}") for k, v in d.items()}  # 6 significant digits: KID values are small
 
 
 def evaluate_images(generated: torch.Tensor, data: ReferenceData | None = None, encoder: TissueEncoder | None = None,
-                    seed: int = 0, with_floor: bool = True, progress: bool = False, callback=None) -> dict:
+                    seed: int = 0, with_floor: bool = True, progress: bool = False, callback=None,
+                    requested: torch.Tensor | None = None) -> dict:
     """The full report for generated uint8 images (N, 3, 28, 28): metrics, floor, centre shift, histograms.
 
-    ``callback(fraction, message)`` reports progress for UIs.
+    ``requested`` (N,): the tissue each sample was asked to be (a conditional model); adds the conditional
+    accuracy and a per-tissue table. ``callback(fraction, message)`` reports progress for UIs.
     """
     if generated.dtype != torch.uint8 or generated.ndim != 4 or generated.shape[1] != 3:
         raise ValueError(f"generated images must be uint8 (N, 3, H, W), got {generated.dtype} {tuple(generated.shape)}")
@@ -107,6 +138,10 @@ def evaluate_images(generated: torch.Tensor, data: ReferenceData | None = None, 
     tell(0.35, "scoring generated patches")
     metrics = distribution_metrics(ref_feats, fake_feats, fake_probs, prior)
     memo, pix = memorization_metrics(generated, fake_feats, data.train, train_feats, progress=progress)
+    if requested is not None:
+        if requested.shape != (n,):
+            raise ValueError(f"requested must hold one class per generated image ({n}), got {tuple(requested.shape)}")
+        metrics["conditional_accuracy"] = conditional_accuracy(fake_probs, requested.numpy())
     report = {
         "protocol": {"feature_space": "ddpm tissue encoder (penultimate layer, 256-d)", "reference": data.reference.source,
                      "n_reference": len(data.reference), "n_generated": n, "train": data.train.source,
@@ -122,6 +157,10 @@ def evaluate_images(generated: torch.Tensor, data: ReferenceData | None = None, 
                     "ratio": pix.ratio[:NEAREST_SHOWN].round(4).tolist()},
         "ratio_histogram": np.histogram(pix.ratio, bins=20, range=(0, 1))[0].tolist(),
     }
+    if requested is not None:
+        report["requested_hist"] = label_histogram(requested.numpy(), len(CLASS_NAMES)).tolist()
+        report["per_class"] = per_class_metrics(ref_feats, data.reference.labels.numpy(), fake_feats, fake_probs,
+                                                requested.numpy(), pix.ratio, train_feats, data.train.labels.numpy(), seed)
     if with_floor:
         tell(0.6, "real-versus-real floor")
         g = torch.Generator().manual_seed(seed)
