@@ -2,8 +2,9 @@
 import streamlit as st
 
 from ddpm.data import image_grid
-from ddpm.export import png_bytes, trajectory_gif
+from ddpm.export import trajectory_gif
 from ddpm.figures import denoising_animation_figure, side_by_side_figure, trajectory_times
+from ddpm.imaging import png_bytes
 from pages._shared import cached_trajectory, keep_training_alive, model_picker, results, show
 
 SAMPLER_LABELS = {"ddpm": "DDPM (ancestral, all T steps)", "ddim": "DDIM (deterministic)", "dpmpp": "DPM-Solver++ (2M)"}
