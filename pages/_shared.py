@@ -29,8 +29,10 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError, load_checkpoint, load_local
 from ddpm.data import ImageSet, load_images, to_hwc_numpy
-from ddpm.jobs import JobLimits, JobRegistry, ResultCache
+from ddpm.jobs import JobRegistry
 from ddpm.pipeline import Trajectory, generate, trajectory
+from ddpm.result_cache import ResultCache
+from ddpm.server_limits import ServerLimits
 from ddpm.uploads import MAX_UPLOAD_BYTES, load_upload
 
 # Streamlit decides when it starts, from the mere presence of a pages/ folder beside app.py, to run sessions in its
@@ -78,7 +80,7 @@ def real_images() -> tuple[ImageSet, str | None]:
 
 @st.cache_resource
 def job_registry() -> JobRegistry:
-    return JobRegistry(JobLimits.from_env())
+    return JobRegistry(ServerLimits.from_env())
 
 
 @st.cache_resource
@@ -98,7 +100,7 @@ def tissue_encoder():
         return None, f"the tissue encoder is not available ({err})"
 
 
-def limits() -> JobLimits:
+def limits() -> ServerLimits:
     return job_registry().limits
 
 

@@ -229,7 +229,7 @@ def test_train_page_runs_a_job_in_the_background_and_shows_its_loss_samples_and_
 
 def test_train_page_stops_a_run_and_shows_the_busy_server_to_others(tiny_images):
     import pages._shared as shared
-    from ddpm.jobs import TrainRequest
+    from ddpm.train_request import TrainRequest
 
     registry = shared.job_registry()
     other = registry.start(TrainRequest(preset="seed", steps=100_000, batch_size=4), "visitor zz", tiny_images)

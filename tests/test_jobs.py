@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from ddpm.checkpoints import Checkpoint, load_local, make_config
-from ddpm.jobs import HOSTED_LIMITS, JobBusyError, JobLimits, JobRegistry, ResultCache, TrainRequest
+from ddpm.jobs import JobBusyError, JobRegistry
+from ddpm.result_cache import ResultCache
+from ddpm.server_limits import HOSTED_LIMITS, ServerLimits
+from ddpm.train_request import TrainRequest
 from ddpm.presets import get_preset
 from ddpm.unet import build_unet
 
@@ -18,7 +21,7 @@ TINY = dict(preset="seed", batch_size=4, lr=1e-3, sample_every=2, num_samples=2)
 
 @pytest.fixture
 def registry(tmp_path):
-    reg = JobRegistry(JobLimits(), root=tmp_path / "runs", device="cpu")
+    reg = JobRegistry(ServerLimits(), root=tmp_path / "runs", device="cpu")
     yield reg
     reg.shutdown()
 
@@ -70,7 +73,7 @@ def test_one_job_at_a_time_and_the_busy_error_says_whose_and_when(registry, tiny
 
 
 def test_a_job_whose_page_stopped_polling_ends_by_itself(tmp_path, tiny_images):
-    reg = JobRegistry(JobLimits(heartbeat_timeout_s=0.3), root=tmp_path, device="cpu")
+    reg = JobRegistry(ServerLimits(heartbeat_timeout_s=0.3), root=tmp_path, device="cpu")
     try:
         snap = reg.start(TrainRequest(steps=100_000, **TINY), "visitor a", tiny_images)
         done = reg.wait(snap.id, timeout=60)
@@ -80,7 +83,7 @@ def test_a_job_whose_page_stopped_polling_ends_by_itself(tmp_path, tiny_images):
 
 
 def test_heartbeats_keep_a_job_alive(tmp_path, tiny_images):
-    reg = JobRegistry(JobLimits(heartbeat_timeout_s=1.0), root=tmp_path, device="cpu")
+    reg = JobRegistry(ServerLimits(heartbeat_timeout_s=1.0), root=tmp_path, device="cpu")
     try:
         snap = reg.start(TrainRequest(steps=100_000, **TINY), "visitor a", tiny_images)
         for _ in range(30):  # 1.5 s of polling, longer than the timeout
@@ -92,7 +95,7 @@ def test_heartbeats_keep_a_job_alive(tmp_path, tiny_images):
 
 
 def test_the_hosted_time_cap_ends_a_run_with_a_message(tmp_path, tiny_images):
-    reg = JobRegistry(JobLimits(max_minutes=0.002), root=tmp_path, device="cpu")
+    reg = JobRegistry(ServerLimits(max_minutes=0.002), root=tmp_path, device="cpu")
     try:
         snap = reg.start(TrainRequest(steps=100_000, **TINY), "visitor a", tiny_images)
         done = reg.wait(snap.id, timeout=60)
@@ -134,9 +137,9 @@ def test_requests_outside_the_limits_are_refused_naming_the_allowed_values(regis
     with pytest.raises(ValueError, match=r"preset must be one of \['seed', 'small'\]"):
         TrainRequest(preset="large").validate(HOSTED_LIMITS)
     with pytest.raises(ValueError, match="schedule must be one of"):
-        TrainRequest(schedule="sigmoid").validate(JobLimits())
+        TrainRequest(schedule="sigmoid").validate(ServerLimits())
     with pytest.raises(ValueError, match="keeps its schedule"):
-        TrainRequest(schedule="cosine", from_pretrained=True).validate(JobLimits())
+        TrainRequest(schedule="cosine", from_pretrained=True).validate(ServerLimits())
     with pytest.raises(ValueError, match="needs the pretrained checkpoint"):
         registry.start(TrainRequest(steps=2, from_pretrained=True, **TINY), "visitor a", tiny_images)
     assert registry.active() is None
@@ -149,19 +152,19 @@ def test_a_chosen_schedule_is_the_one_the_run_trains_with(registry, tiny_images)
 
 
 def test_hosted_caps_come_from_the_environment():
-    assert JobLimits.from_env({}) == JobLimits()
-    hosted = JobLimits.from_env({"DDPM_HOSTED": "1"})
+    assert ServerLimits.from_env({}) == ServerLimits()
+    hosted = ServerLimits.from_env({"DDPM_HOSTED": "1"})
     assert hosted.hosted and hosted.max_steps == 500 and hosted.max_batch == 64 and hosted.max_minutes == 15
-    assert JobLimits.from_env({"SPACE_ID": "someone/space"}).hosted  # on a Hugging Face Space by default
-    assert not JobLimits.from_env({"SPACE_ID": "someone/space", "DDPM_HOSTED": "0"}).hosted
-    custom = JobLimits.from_env({"DDPM_HOSTED": "1", "DDPM_MAX_STEPS": "50", "DDPM_MAX_BATCH": "16",
+    assert ServerLimits.from_env({"SPACE_ID": "someone/space"}).hosted  # on a Hugging Face Space by default
+    assert not ServerLimits.from_env({"SPACE_ID": "someone/space", "DDPM_HOSTED": "0"}).hosted
+    custom = ServerLimits.from_env({"DDPM_HOSTED": "1", "DDPM_MAX_STEPS": "50", "DDPM_MAX_BATCH": "16",
                                  "DDPM_MAX_MINUTES": "2.5", "DDPM_JOB_TIMEOUT_S": "30", "DDPM_MAX_EVAL": "100"})
     assert (custom.max_steps, custom.max_batch, custom.max_minutes, custom.heartbeat_timeout_s, custom.max_eval_samples) \
         == (50, 16, 2.5, 30.0, 100)
     with pytest.raises(ValueError, match="DDPM_MAX_STEPS='many' must be a positive number"):
-        JobLimits.from_env({"DDPM_MAX_STEPS": "many"})
+        ServerLimits.from_env({"DDPM_MAX_STEPS": "many"})
     with pytest.raises(ValueError, match="DDPM_MAX_BATCH='0'"):
-        JobLimits.from_env({"DDPM_MAX_BATCH": "0"})
+        ServerLimits.from_env({"DDPM_MAX_BATCH": "0"})
 
 
 def test_starting_again_deletes_the_owners_previous_run_and_shutdown_deletes_all(registry, tiny_images):

@@ -72,3 +72,8 @@ def test_figures_and_downloads_share_the_imaging_module_not_each_other():
     assert "ddpm.imaging" in graph["ddpm.figures"] and "ddpm.imaging" in graph["ddpm.export"]
     assert "ddpm.export" not in graph["ddpm.figures"] and "ddpm.figures" not in graph["ddpm.export"]
 
+
+def test_ddpm_imports_neither_streamlit_nor_the_app_text():
+    offenders = {module_name(p): sorted(m for m in imports_of(p) if m.split(".")[0] == "streamlit" or m == UI_TEXT)
+                 for p in DDPM.rglob("*.py") if module_name(p) != UI_TEXT}
+    assert {k: v for k, v in offenders.items() if v} == {}
