@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .limits import check_checkpoint_config
 from .schedules import NoiseSchedule, ScheduleConfig
 from .unet import UNetConfig, build_unet
 
@@ -127,7 +128,9 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def configs_from(config: dict[str, Any], path: Path) -> tuple[UNetConfig, ScheduleConfig]:
+    """The configs of a checkpoint, refused (before any network is built) when ``limits`` does not allow them."""
     try:
+        check_checkpoint_config(config)
         return UNetConfig.from_dict(config["model"]), ScheduleConfig.from_dict(config["schedule"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path / CONFIG_NAME}: invalid model or schedule section: {err}") from err
@@ -199,10 +202,11 @@ def download_from_hub(repo_id: str, revision: str | None = None, cache_dir: str 
     """Fetch config.json and model.safetensors of a Hub model repo; returns the local snapshot folder."""
     from huggingface_hub import hf_hub_download
 
-    path = None
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        path = hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-    return Path(path).parent
+    fetch = lambda name: Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir,  # noqa: E731
+                                              local_files_only=local_files_only))
+    folder = fetch(CONFIG_NAME).parent
+    configs_from(read_config(folder), folder)  # a config out of bounds is refused before its weights are fetched
+    return fetch(WEIGHTS_NAME).parent
 
 
 def load_checkpoint(source: str | os.PathLike | None = None, revision: str | None = None,
