@@ -32,15 +32,17 @@ def expired(job: Job, limits: ServerLimits) -> str | None:
     now = time.time()
     if now - job.last_heartbeat > limits.heartbeat_timeout_s:
         return f"stopped because its page was closed (no sign of it for {limits.heartbeat_timeout_s:.0f} s)"
-    if limits.max_minutes and now - job.started_at > limits.max_minutes * 60:
-        return f"stopped at this server's limit of {limits.max_minutes:g} minutes per run"
+    if now - job.started_at > limits.max_minutes * 60:
+        return time_cap_reason(limits)
     return None
+
+
+def time_cap_reason(limits: ServerLimits) -> str:
+    return f"stopped at this server's limit of {limits.max_minutes:g} minutes per run"
 
 
 def eta(job: Job, p: TrainProgress, limits: ServerLimits) -> float:
     """Seconds left: the trainer's estimate, or less when the time cap ends the run first."""
-    if limits.max_minutes is None:
-        return p.eta_s
     return max(0.0, min(p.eta_s, job.started_at + limits.max_minutes * 60 - time.time()))
 
 

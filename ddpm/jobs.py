@@ -1,18 +1,24 @@
 """The server's training-job registry: at most one active job, each in its own worker thread.
 
 The registry only keeps the books: who holds the training slot, which run folders exist and when
-they go.  What a request may ask is ``train_request``/``server_limits``; what a job's thread does is
+they go.  A run holds the slot at most for the server's time cap (a timer asks it to stop then, even
+between progress reports).  Run folders of finished or abandoned runs are deleted ``keep_s`` after
+they end (a janitor thread looks every few seconds), all of them at ``shutdown`` and at interpreter
+exit, and the folders a killed server left behind when the next registry starts.  What a request may ask is ``train_request``/``server_limits``; what a job's thread does is
 ``job_worker``; a job's state is ``job_state``.
 """
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
 import time
 import uuid
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,9 +26,39 @@ import torch
 
 from .checkpoints import Checkpoint
 from .job_state import ACTIVE, Job, JobSnapshot
-from .job_worker import run_job
+from .job_worker import run_job, time_cap_reason
 from .server_limits import ServerLimits
 from .train_request import TrainRequest
+
+
+ROOT_PREFIX = "ddpm-app-runs-"  # then the server's process id: a root whose process is gone was abandoned
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_abandoned_roots(tmp: str | os.PathLike | None = None) -> list[Path]:
+    """Delete the run roots of servers that were killed before they could clean up; returns what was removed."""
+    removed = []
+    for root in Path(tmp or tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*"):
+        m = re.match(rf"{ROOT_PREFIX}(\d+)-", root.name)
+        if root.is_dir() and m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root)
+    return removed
+
+
+def _shutdown_at_exit(ref: "weakref.ref[JobRegistry]") -> None:
+    registry = ref()
+    if registry is not None:
+        registry.shutdown(timeout=10.0)
 
 
 class JobBusyError(RuntimeError):
@@ -43,17 +79,23 @@ class JobRegistry:
 
     ``images`` given to ``start`` are uint8 (N, 3, H, W); ``init`` is a loaded Checkpoint to fine-tune
     (it is only read: the trainer copies its weights).  Finished runs stay downloadable until their
-    owner starts another or ``keep_s`` passes.
+    owner starts another or ``keep_s`` (default: the limits' ``keep_runs_minutes``) passes.
     """
 
     def __init__(self, limits: ServerLimits | None = None, root: str | os.PathLike | None = None,
-                 device: str = "auto", keep_s: float = 3600.0):
+                 device: str = "auto", keep_s: float | None = None):
         self.limits = limits or ServerLimits.from_env()
         self.device = device
-        self.keep_s = keep_s
+        self.keep_s = self.limits.keep_runs_minutes * 60 if keep_s is None else keep_s
         self._root = Path(root) if root is not None else None
+        self._own_root = root is None  # a temporary root is ours to delete at shutdown
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._janitor: threading.Thread | None = None
+        if self._own_root:
+            remove_abandoned_roots()
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     # ---- the page's side ----------------------------------------------------------------------
     def start(self, request: TrainRequest, owner: str, images: torch.Tensor, init: Checkpoint | None = None,
@@ -74,6 +116,10 @@ class JobRegistry:
                                           daemon=True, name=f"ddpm-train-{job_id}")
             self._jobs[job_id] = job
             job.thread.start()
+            cap = threading.Timer(self.limits.max_minutes * 60, job.request_stop, args=(time_cap_reason(self.limits),))
+            cap.daemon = True
+            cap.start()
+            self._start_janitor()
         return job.snapshot()
 
     def get(self, job_id: str | None) -> JobSnapshot | None:
@@ -106,19 +152,42 @@ class JobRegistry:
         return job.snapshot()
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop every job, wait for the workers and delete every run folder."""
+        """Stop every job, wait for the workers and delete every run folder (and the root, if temporary)."""
+        self._closed.set()
         for job in list(self._jobs.values()):
             job.request_stop("the server is shutting down")
         for job in list(self._jobs.values()):
             if job.thread is not None:
                 job.thread.join(timeout)
             shutil.rmtree(job.out_dir, ignore_errors=True)
-        self._jobs.clear()
+        with self._lock:
+            self._jobs.clear()
+        if self._own_root and self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+    def sweep(self) -> None:
+        """Delete the folders of runs that ended more than ``keep_s`` ago, whoever owns them."""
+        with self._lock:
+            now = time.time()
+            for job_id, job in list(self._jobs.items()):
+                if job.status not in ACTIVE and now - (job.finished_at or now) > self.keep_s:
+                    shutil.rmtree(job.out_dir, ignore_errors=True)
+                    self._jobs.pop(job_id, None)
 
     # ---- bookkeeping --------------------------------------------------------------------------
+    def _start_janitor(self) -> None:
+        if self._janitor is None:
+            every = min(60.0, max(0.05, self.keep_s / 4))
+            self._janitor = threading.Thread(target=self._janitor_loop, args=(every,), daemon=True, name="ddpm-runs-janitor")
+            self._janitor.start()
+
+    def _janitor_loop(self, every: float) -> None:
+        while not self._closed.wait(every):
+            self.sweep()
+
     def _root_dir(self) -> Path:
         if self._root is None:
-            self._root = Path(tempfile.mkdtemp(prefix="ddpm-app-runs-"))
+            self._root = Path(tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-"))
         self._root.mkdir(parents=True, exist_ok=True)
         return self._root
 

@@ -28,6 +28,7 @@ import torch
 from streamlit.runtime.pages_manager import PagesManager
 
 from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError, load_checkpoint, load_local
+from ddpm.compute_gate import ComputeGate
 from ddpm.data import ImageSet, load_images, to_hwc_numpy
 from ddpm.jobs import JobRegistry
 from ddpm.pipeline import Trajectory, generate, trajectory
@@ -98,6 +99,12 @@ def tissue_encoder():
         return load_encoder(), None
     except (ImportError, CheckpointError) as err:
         return None, f"the tissue encoder is not available ({err})"
+
+
+@st.cache_resource
+def compute_gate() -> ComputeGate:
+    """The server-wide bound on sampling runs and evaluations computing at once."""
+    return ComputeGate(limits().max_compute)
 
 
 def limits() -> ServerLimits:
@@ -210,13 +217,27 @@ def run_evaluation(model: ActiveModel, images, progress) -> dict:
     return report
 
 
-# ---- cached sampling with a progress bar ------------------------------------------------------
+# ---- heavy computations: one line for the whole server, cached sampling with a progress bar ----
+def in_turn(compute, bar, text: str):
+    """``compute()`` once the server-wide compute gate lets it run; meanwhile ``bar`` says how many are ahead."""
+    gate = compute_gate()
+
+    def waiting(ahead: int) -> None:
+        bar.progress(0.0, text=f"Waiting for your turn: {ahead} computation{'s' if ahead != 1 else ''} ahead of yours "
+                               f"(this server runs {gate.slots} at a time)…")
+
+    with gate.slot(waiting):
+        bar.progress(0.0, text=text)
+        return compute()
+
+
 def _with_progress(key: tuple, text: str, compute):
     hit = results().get(key)
     if hit is not None:
         return hit
     bar = st.progress(0.0, text=text)
-    value = results().get_or_compute(key, lambda: compute(lambda done, total: bar.progress(done / total, text=f"{text} {done}/{total}")))
+    report = lambda done, total: bar.progress(done / total, text=f"{text} {done}/{total}")  # noqa: E731
+    value = results().get_or_compute(key, lambda: in_turn(lambda: compute(report), bar, text))
     bar.empty()
     return value
 

@@ -232,7 +232,7 @@ def test_train_page_stops_a_run_and_shows_the_busy_server_to_others(tiny_images)
     from ddpm.train_request import TrainRequest
 
     registry = shared.job_registry()
-    other = registry.start(TrainRequest(preset="seed", steps=100_000, batch_size=4), "visitor zz", tiny_images)
+    other = registry.start(TrainRequest(preset="seed", steps=20_000, batch_size=4), "visitor zz", tiny_images)
     try:
         at = open_page("train")
         assert "visitor zz is training a model" in texts(at, "info")
@@ -243,7 +243,7 @@ def test_train_page_stops_a_run_and_shows_the_busy_server_to_others(tiny_images)
         registry.wait(other.id, timeout=60)
 
     at.selectbox(key="train_preset").set_value("seed")
-    at.number_input(key="train_steps").set_value(100_000)
+    at.number_input(key="train_steps").set_value(20_000)
     at.select_slider(key="train_batch").set_value(8)
     at = clicked(at, "Start training")
     job_id = at.session_state["train_job"]
