@@ -16,7 +16,6 @@ per-visitor values live in ``st.session_state`` under these keys:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError, load_chec
 from ddpm.compute_gate import ComputeGate
 from ddpm.data import ImageSet, load_images, to_hwc_numpy
 from ddpm.jobs import JobRegistry
-from ddpm.pipeline import Trajectory, generate, trajectory
+from ddpm.model_card import EVALUATION_NAME, read_evaluation
+from ddpm.pipeline import Trajectory, generate, sampler_steps, trajectory
 from ddpm.result_cache import ResultCache
 from ddpm.server_limits import ServerLimits
 from ddpm.uploads import MAX_UPLOAD_BYTES, load_upload
@@ -199,20 +199,22 @@ def evaluation_report(model: ActiveModel) -> tuple[dict | None, str | None]:
     if fresh is not None:
         return fresh, "your evaluation in this session"
     for folder in (model.checkpoint.path, SHIPPED_DIR / model.key.removeprefix("shipped:")):
-        path = Path(folder) / "evaluation.json" if folder is not None else None
-        if path is not None and path.is_file():
-            try:
-                return json.loads(path.read_text()), f"precomputed ({path.parent.name}/evaluation.json)"
-            except (OSError, json.JSONDecodeError) as err:
-                st.warning(f"{path} cannot be read ({err}); run a fresh evaluation instead.")
+        try:
+            stored = read_evaluation(folder)
+        except ValueError as err:
+            st.warning(str(err))
+            continue
+        if stored is not None:
+            return stored, f"precomputed ({Path(folder).name}/{EVALUATION_NAME})"
     return None, None
 
 
-def run_evaluation(model: ActiveModel, images, progress) -> dict:
-    """Score generated uint8 (N, 3, H, W) images; ``progress(fraction, message)``. Stores the report."""
-    from ddpm.evaluation.report import evaluate_images
+def run_evaluation(model: ActiveModel, n: int, progress) -> dict:
+    """Generate ``n`` patches and score them (``progress(fraction, message)``); stores the report for this visitor."""
+    from ddpm.evaluation.report import sample_and_evaluate
 
-    report = evaluate_images(images, callback=progress)
+    report, _ = sample_and_evaluate(model.checkpoint.model, model.checkpoint.schedule, n, "dpmpp", None, seed=1,
+                                    callback=progress)
     st.session_state.setdefault("evaluation", {})[model.key] = report
     return report
 
@@ -252,7 +254,7 @@ def cached_trajectory(model: ActiveModel, sampler: str, steps: int | None, seed:
 def cached_samples(model: ActiveModel, n: int, seed: int, sampler: str = "dpmpp", steps: int = 20) -> np.ndarray:
     """``n`` generated patches, uint8 (n, H, W, 3), computed once per (model, sampler, steps, seed, n)."""
     schedule = model.checkpoint.schedule
-    steps = None if sampler == "ddpm" else min(steps, schedule.num_timesteps)
+    steps = sampler_steps(schedule, sampler, steps)
     return _with_progress(("samples", model.key, sampler, steps, seed, n), "Sampling… step",
                           lambda cb: to_hwc_numpy(generate(model.checkpoint.model, schedule, n, sampler, steps, seed,
                                                            callback=cb)))
