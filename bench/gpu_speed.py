@@ -1,12 +1,15 @@
-"""Training throughput of each preset on one CUDA GPU, and the share of the GPU's dense bf16 peak it reaches.
+"""Training throughput on one CUDA GPU: the numbers the ``gpu`` recipe is chosen from.
 
-Uses the real trainer (bf16 autocast, channels-last, the split held on the GPU as uint8, EMA with
-foreach ops, loss read back every 25 steps) on synthetic uint8 data of PathMNIST's shape.  The peak
-is both the vendor figure for the device (dense, no sparsity) and a measured large bf16 matmul.
+Uses the real trainer (bf16 autocast, channels-last, the split held on the GPU as uint8, random draws
+on the device, EMA with foreach ops, loss read back every 25 steps) on synthetic uint8 data and labels
+of PathMNIST's shape. Rows: the ``gpu`` preset's network at several batch sizes, eager and under
+torch.compile (with its compile time), and the other presets at one batch for reference. The share of
+peak is against both the data sheet's dense bf16 figure and a measured large bf16 matmul.
 
-    python bench/gpu_speed.py [--compile] [--steps 200]   # writes bench/results/gpu_speed.{json,md}
+    python bench/gpu_speed.py [--steps 60] [--out DIR]   # writes DIR/gpu_speed.{json,md} (default bench/results)
 
-Without a GPU it says so and writes nothing.
+It ends with the recipe: the smallest batch within 10% of the best eager images/s, compile if it pays
+back its compile time over an 8-minute run, and the steps that fit. Without a GPU it says so, writes nothing.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,6 +31,7 @@ from ddpm.unet import build_unet  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 #: Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, without sparsity.
 VENDOR_PEAK_BF16 = {"H100 SXM": 989.4, "H100 PCIe": 756.5, "H100 NVL": 835.5, "H200": 989.4, "A100": 312.0, "L4": 121.0}
+TRAIN_SECONDS = 480.0  # the training budget the recipe is sized for (one 10-minute device call, with margin)
 
 
 def vendor_peak(name: str) -> float | None:
@@ -38,7 +43,7 @@ def vendor_peak(name: str) -> float | None:
     return None
 
 
-def matmul_tflops(n: int = 8192, iters: int = 50) -> float:
+def matmul_tflops(n: int = 8192, iters: int = 30) -> float:
     a, b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16), torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     for _ in range(5):
         a @ b
@@ -53,62 +58,114 @@ def matmul_tflops(n: int = 8192, iters: int = 50) -> float:
 def train_flops_per_image(model_config) -> float:
     model = build_unet(model_config)
     x, t = torch.randn(2, 3, model_config.image_size, model_config.image_size), torch.randint(0, 200, (2,))
+    labels = torch.zeros(2, dtype=torch.long) if model_config.num_classes else None
     with FlopCounterMode(display=False) as counter:
-        model(x, t).square().mean().backward()
+        (model(x, t) if labels is None else model(x, t, labels)).square().mean().backward()
     return counter.get_total_flops() / 2
 
 
-def measure(preset_name: str, steps: int, compile_model: bool, batch: int | None) -> dict:
-    from dataclasses import replace
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
+
+def measure(preset_name: str, batch: int, compile_model: bool, steps: int, warmup: int = 15, device: str = "cuda") -> dict:
     preset = PRESETS[preset_name]
-    train = replace(preset.train, precision="bf16", compile=compile_model, batch_size=batch or max(preset.train.batch_size, 256),
-                    checkpoint_every_s=1e9, warmup_steps=0)
-    images = torch.randint(0, 256, (50_000, 3, 28, 28), dtype=torch.uint8)
-    trainer = Trainer(preset.model, preset.schedule, train, images, device="cuda")
-    trainer.train(max_steps=20)  # warm-up (and compilation)
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    if compile_model:
+        torch._dynamo.reset()
+    train = replace(preset.train, precision="bf16", compile=compile_model, batch_size=batch, checkpoint_every_s=1e9,
+                    warmup_steps=0, lr_decay="none")
+    n = max(20_000, 4 * batch)
+    images = torch.randint(0, 256, (n, 3, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 9, (n,)) if preset.model.num_classes else None
+    trainer = Trainer(preset.model, preset.schedule, train, images, device=device, labels=labels)
     t0 = time.perf_counter()
-    trainer.train(max_steps=20 + steps)
-    torch.cuda.synchronize()
-    rate = steps * train.batch_size / (time.perf_counter() - t0)
-    flops = train_flops_per_image(preset.model)
-    return {"preset": preset_name, "batch": train.batch_size, "compile": compile_model, "img_s": rate,
-            "train_gflop_per_image": flops / 1e9, "achieved_tflops": rate * flops / 1e12}
+    trainer.train(max_steps=warmup)  # warm-up (and compilation)
+    _sync(device)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trainer.train(max_steps=warmup + steps)
+    _sync(device)
+    per_step = (time.perf_counter() - t0) / steps
+    mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+    return {"preset": preset_name, "batch": batch, "compile": compile_model, "img_s": batch / per_step,
+            "warmup_s": first - warmup * per_step, "peak_mem_gib": mem}
+
+
+def choose(rows: list[dict], train_seconds: float = TRAIN_SECONDS) -> dict:
+    """The recipe: the smallest batch within 10% of the best eager rate (more, smaller steps at the same
+    speed), and compile when its faster steps win back its compile time within ``train_seconds``."""
+    eager = [r for r in rows if r["preset"] == "gpu" and not r["compile"]]
+    best = max(r["img_s"] for r in eager)
+    pick = min((r for r in eager if r["img_s"] >= 0.9 * best), key=lambda r: r["batch"])
+    images = pick["img_s"] * train_seconds
+    compiled = [r for r in rows if r["preset"] == "gpu" and r["compile"] and r["batch"] == pick["batch"]]
+    use_compile = False
+    if compiled:
+        c = compiled[0]
+        images_c = c["img_s"] * max(train_seconds - c["warmup_s"], 0.0)
+        use_compile = images_c > 1.05 * images
+        images = max(images, images_c)
+    return {"batch": pick["batch"], "compile": use_compile, "images": images, "steps": int(images // pick["batch"]),
+            "epochs": images / 89_996, "train_seconds": train_seconds}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--batch", type=int)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per row (after 15 warm-up steps)")
+    parser.add_argument("--batches", default="512,1024,2048", help="batch sizes for the gpu preset")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for gpu_speed.json and gpu_speed.md")
+    parser.add_argument("--rehearse", action="store_true", help="run every code path on the CPU with tiny sizes "
+                        "(to check the script before spending GPU minutes); writes to --out")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    device = "cpu" if args.rehearse else "cuda"
+    if not args.rehearse and not torch.cuda.is_available():
         print("No CUDA GPU is available on this machine: nothing measured, nothing written. "
               "Run this on a GPU machine; CPU figures are in bench/results/train_speed.md.")
         return
-    name = torch.cuda.get_device_name()
-    peak, measured = vendor_peak(name), matmul_tflops()
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU (rehearsal)"
+    peak, measured = (vendor_peak(name), matmul_tflops()) if device == "cuda" else (None, 1.0)
+    batches = [int(b) for b in args.batches.split(",")]
+    plan = [("gpu", b, False) for b in batches] + [("seed", 1024, False), ("large", 1024, False)]
+    if not args.no_compile:
+        plan.insert(len(batches), ("gpu", 1024 if 1024 in batches else batches[0], True))
+    flops = {p: train_flops_per_image(PRESETS[p].model) for p in {p for p, _, _ in plan}}
     rows = []
-    for preset in PRESETS:
-        row = measure(preset, args.steps, args.compile, args.batch)
+    for preset, batch, comp in plan:
+        try:
+            row = measure(preset, batch, comp, args.steps, warmup=2 if args.rehearse else 15, device=device)
+        except Exception as err:  # a failed compile must not cost the other rows
+            print(f"{preset} batch {batch} compile {comp}: failed: {err!r}", flush=True)
+            continue
+        row["train_gflop_per_image"] = flops[preset] / 1e9
+        row["achieved_tflops"] = row["img_s"] * flops[preset] / 1e12
         row["share_of_vendor_peak"] = row["achieved_tflops"] / peak if peak else None
         row["share_of_matmul"] = row["achieved_tflops"] / measured
         rows.append(row)
         print(json.dumps(row), flush=True)
+    recipe = choose(rows)
     meta = {"device": name, "torch": torch.__version__, "vendor_peak_bf16_tflops": peak, "matmul_bf16_tflops": measured,
-            "date": time.strftime("%Y-%m-%d")}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "_compiled" if args.compile else ""
-    (RESULTS / f"gpu_speed{suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    lines = [f"{name}, torch {meta['torch']}, {meta['date']}: dense bf16 peak {peak} TFLOP/s (data sheet), "
-             f"{measured:.0f} TFLOP/s measured on an 8192² bf16 matmul. torch.compile: {args.compile}.", "",
-             "| preset | batch | GFLOP/img (train) | img/s | TFLOP/s | % of peak | % of matmul |", "|---|---:|---:|---:|---:|---:|---:|"]
+            "date": time.strftime("%Y-%m-%d"), "timed_steps": args.steps}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_speed.json").write_text(json.dumps({"meta": meta, "rows": rows, "recipe": recipe}, indent=1) + "\n")
+    lines = [f"Measured {meta['date']} on one {name}, torch {meta['torch']}: dense bf16 peak {peak} TFLOP/s (data sheet), "
+             f"{measured:.0f} TFLOP/s measured on an 8192² bf16 matmul. bf16 autocast, channels-last, {args.steps} timed steps "
+             "per row after 15 warm-up steps (warm-up s: the first 15 steps beyond their steady-state time, i.e. compilation).", "",
+             "| preset | batch | torch.compile | GFLOP/img (train) | img/s | TFLOP/s | % of peak | % of matmul | warm-up s | GPU GiB |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         share = f"{100 * r['share_of_vendor_peak']:.1f}%" if r["share_of_vendor_peak"] else "n/a"
-        lines.append(f"| {r['preset']} | {r['batch']} | {r['train_gflop_per_image']:.2f} | {r['img_s']:.0f} | "
-                     f"{r['achieved_tflops']:.1f} | {share} | {100 * r['share_of_matmul']:.1f}% |")
-    (RESULTS / f"gpu_speed{suffix}.md").write_text("\n".join(lines) + "\n")
+        lines.append(f"| {r['preset']} | {r['batch']} | {'yes' if r['compile'] else 'no'} | {r['train_gflop_per_image']:.2f} | "
+                     f"{r['img_s']:.0f} | {r['achieved_tflops']:.1f} | {share} | {100 * r['share_of_matmul']:.1f}% | "
+                     f"{r['warmup_s']:.1f} | {r['peak_mem_gib']:.1f} |")
+    lines += ["", f"Recipe for {recipe['train_seconds']:.0f} s of training: batch {recipe['batch']}, torch.compile "
+              f"{'on' if recipe['compile'] else 'off'}, {recipe['steps']:,} steps ≈ {recipe['epochs']:.0f} epochs of the training split."]
+    (out / "gpu_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

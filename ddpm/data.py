@@ -18,6 +18,8 @@ CLASS_NAMES: tuple[str, ...] = (
     "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
     "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium",
 )
+#: Patches per class in PathMNIST's training split (pathmnist.npz, md5 a8b06965200029087d5bd730944a56c1).
+TRAIN_CLASS_COUNTS: tuple[int, ...] = (9366, 9509, 10360, 10401, 8006, 12182, 7886, 9401, 12885)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_SIZES = {"train": 89_996, "val": 10_004, "test": 7_180}
 SIZES: tuple[int, ...] = (28, 64, 128, 224)
@@ -43,6 +45,27 @@ class ImageSet:
         return self.images.shape[0]
 
 
+def class_prior() -> torch.Tensor:
+    """The training split's class frequencies, (9,) float64 summing to 1."""
+    counts = torch.tensor(TRAIN_CLASS_COUNTS, dtype=torch.float64)
+    return counts / counts.sum()
+
+
+def class_index(name_or_index: str | int) -> int:
+    """A tissue class by name ("adipose"), by a unique prefix ("smooth") or by index ("5" or 5)."""
+    text = str(name_or_index).strip().lower()
+    if text.lstrip("-").isdigit():
+        idx = int(text)
+        if 0 <= idx < len(CLASS_NAMES):
+            return idx
+    else:
+        matches = [i for i, n in enumerate(CLASS_NAMES) if n == text] or [i for i, n in enumerate(CLASS_NAMES) if n.startswith(text)]
+        if len(matches) == 1:
+            return matches[0]
+    choices = ", ".join(f"{i} {n!r}" for i, n in enumerate(CLASS_NAMES))
+    raise ValueError(f"unknown tissue class {name_or_index!r}; choose a name or index among: {choices}")
+
+
 def default_data_dir() -> Path:
     """``$DDPM_DATA_DIR`` if set, else medmnist's default root (``~/.medmnist``)."""
     if os.environ.get(DATA_DIR_ENV):
@@ -55,19 +78,23 @@ def npz_name(size: int = 28) -> str:
 
 
 def _missing_message(root: Path, size: int) -> str:
-    from medmnist import INFO  # lazy: medmnist is not needed to train from a tensor
-
     flag = "" if size == 28 else f"_{size}"
+    try:
+        from medmnist import INFO  # lazy: medmnist is not needed to train from a tensor or a pack
+
+        where = f"download {INFO['pathmnist']['url' + flag]} (md5 {INFO['pathmnist']['MD5' + flag]}) and put it in {root}"
+    except ImportError:
+        where = f"copy pathmnist{flag}.npz from a machine that has it into {root}"
     return (
-        f"PathMNIST file {root / npz_name(size)} not found. Either run "
+        f"PathMNIST file {root / npz_name(size)} not found (nor a pack made by `python -m ddpm pack-data`). Either run "
         f"`python -m ddpm download --data-dir {root}{'' if size == 28 else f' --size {size}'}` (needs internet), "
-        f"or download {INFO['pathmnist']['url' + flag]} (md5 {INFO['pathmnist']['MD5' + flag]}) and put it in {root}, "
-        f"or point --data-dir / ${DATA_DIR_ENV} at the folder that holds it."
+        f"or {where}, or point --data-dir / ${DATA_DIR_ENV} at the folder that holds it."
     )
 
 
 def load_pathmnist(split: str = "train", data_dir: str | os.PathLike | None = None, size: int = 28) -> ImageSet:
-    """One split of PathMNIST read by medmnist's own loader (cached per process).
+    """One split of PathMNIST read by medmnist's own loader (cached per process), or from a lossless
+    pack (``ddpm.datapack``) in the same folder when medmnist's file is not there.
 
     Raises DataNotFoundError with download instructions when the file is absent.
     """
@@ -82,6 +109,14 @@ def load_pathmnist(split: str = "train", data_dir: str | os.PathLike | None = No
 @functools.lru_cache(maxsize=8)
 def _load_cached(split: str, root: str, size: int) -> ImageSet:
     if not (Path(root) / npz_name(size)).is_file():
+        from .datapack import has_pack, read_pack
+
+        if has_pack(root, split, size):
+            try:
+                images, labels, source = read_pack(root, split, size)
+            except FileNotFoundError as err:
+                raise DataNotFoundError(str(err)) from err
+            return ImageSet(to_chw_tensor(images), torch.from_numpy(labels), source)
         raise DataNotFoundError(_missing_message(Path(root), size))
     import medmnist
 
@@ -157,7 +192,8 @@ def to_hwc_numpy(images: torch.Tensor) -> np.ndarray:
 
 def dihedral_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """A random element of the dihedral group D4 (flips and 90° rotations) per image. x: (B, C, H, H)."""
-    flips = torch.rand(3, x.shape[0], 1, 1, 1, generator=generator, device="cpu").lt(0.5).to(x.device)
+    where = generator.device if generator is not None else "cpu"
+    flips = torch.rand(3, x.shape[0], 1, 1, 1, generator=generator, device=where).lt(0.5).to(x.device)
     x = torch.where(flips[0], x.flip(3), x)
     x = torch.where(flips[1], x.flip(2), x)
     return torch.where(flips[2], x.transpose(2, 3), x)

@@ -171,8 +171,8 @@ class JobRegistry:
             now = time.time()
             for job_id, job in list(self._jobs.items()):
                 if job.status not in ACTIVE and now - (job.finished_at or now) > self.keep_s:
+                    self._jobs.pop(job_id, None)  # gone from the books first, then from the disk
                     shutil.rmtree(job.out_dir, ignore_errors=True)
-                    self._jobs.pop(job_id, None)
 
     # ---- bookkeeping --------------------------------------------------------------------------
     def _start_janitor(self) -> None:

@@ -11,10 +11,43 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import to_hwc_numpy
+from .data import class_index, class_prior, to_hwc_numpy
 from .device import Precision, use_bf16
-from .samplers import SamplerName, sample_progressive, trailing_timesteps
+from .samplers import SamplerName, guided_model, sample_progressive, trailing_timesteps
 from .schedules import NoiseSchedule
+
+#: What ``generate`` and ``python -m ddpm sample`` use when nothing is asked for; a checkpoint's config may
+#: override them in its "sampling" section (chosen from its own guidance sweep, bench/quality.py).
+DEFAULT_SAMPLING = {"sampler": "dpmpp", "steps": 20, "guidance": 1.0}
+Classes = "int | str | list[int] | torch.Tensor | None"
+
+
+def recommended_sampling(config: dict | None) -> dict:
+    """The sampler, steps and guidance a checkpoint recommends (its config's "sampling"), else the defaults."""
+    return {**DEFAULT_SAMPLING, **((config or {}).get("sampling") or {})}
+
+
+def resolve_classes(num_classes: int | None, n: int, classes: Classes = None, seed: int = 0) -> torch.Tensor | None:
+    """The (n,) class labels to ask for, or None for an unconditional model.
+
+    ``classes``: None or "prior" (draws from the training split's class frequencies, seeded), one class
+    (index or name) for all n, or a sequence of n indices.
+    """
+    if num_classes is None:
+        if classes is not None and not (isinstance(classes, str) and classes == "prior"):
+            raise ValueError("this model is unconditional: it cannot be asked for a tissue class (leave classes unset)")
+        return None
+    if classes is None or (isinstance(classes, str) and classes == "prior"):
+        prior = class_prior() if num_classes == len(class_prior()) else torch.full((num_classes,), 1.0 / num_classes)
+        return torch.multinomial(prior, n, replacement=True, generator=torch.Generator().manual_seed(seed + 7_777_777))
+    if isinstance(classes, (int, str)):
+        idx = class_index(classes) if num_classes == len(class_prior()) else int(classes)
+        return torch.full((n,), idx, dtype=torch.long)
+    labels = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
+    if labels.shape[0] != n or int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(f"classes must be {n} indices in [0, {num_classes - 1}], got {labels.shape[0]} in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return labels
 
 
 def num_model_calls(schedule: NoiseSchedule, sampler: str, num_steps: int | None) -> int:
@@ -30,11 +63,14 @@ def _model_device(model: nn.Module) -> torch.device:
 @torch.inference_mode()
 def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: SamplerName = "dpmpp",
              num_steps: int | None = None, seed: int = 0, batch_size: int | None = None, eta: float = 0.0,
-             progress: bool = False, callback=None, precision: Precision = "auto") -> torch.Tensor:
+             progress: bool = False, callback=None, precision: Precision = "auto", classes: Classes = None,
+             guidance: float = 1.0) -> torch.Tensor:
     """``n`` images in [-1, 1], shape (n, C, H, W), on the CPU. Same seed, batch size and precision, same images.
 
     The network runs under bf16 autocast where the hardware has it (``precision="auto"``); the sampler's
     own arithmetic stays float32. ``callback(done_calls, total_calls)`` follows every network evaluation.
+    A tissue-conditional model takes ``classes`` (see ``resolve_classes``; default: draws from the training
+    prior, ``resolve_classes(..., seed=seed)`` gives the same draws) and a classifier-free ``guidance`` scale.
     """
     if n < 1:
         raise ValueError(f"number of images must be at least 1, got {n}")
@@ -44,16 +80,19 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: Sampler
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     cfg = model.config
+    labels = resolve_classes(cfg.num_classes, n, classes, seed)
     generator = torch.Generator().manual_seed(seed)
     calls = num_model_calls(schedule, sampler, num_steps)
     batches = [min(batch_size, n - i) for i in range(0, n, batch_size)]
     out = []
     bar = tqdm(total=calls * len(batches), desc=f"{sampler} sampling", unit="step", disable=not progress)
     done = 0
-    for b in batches:
+    for start, b in zip(range(0, n, batch_size), batches):
         shape = (b, cfg.in_channels, cfg.image_size, cfg.image_size)
+        fn = guided_model(_autocast(model, precision, device), None if labels is None else labels[start:start + b],
+                          guidance, cfg.num_classes)
         step = None
-        for step in sample_progressive(_autocast(model, precision, device), schedule, shape, sampler, num_steps,
+        for step in sample_progressive(fn, schedule, shape, sampler, num_steps,
                                        eta=eta, generator=generator, device=device):
             done += 1
             bar.update(1)
@@ -74,9 +113,9 @@ def _autocast(model: nn.Module, precision: Precision, device: torch.device):
     """The network as a function run under bf16 autocast when ``precision`` asks for it (or "auto" finds it fast)."""
     enabled = use_bf16(precision, device)
 
-    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def fn(x: torch.Tensor, t: torch.Tensor, *class_labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
-            return model(x, t)
+            return model(x, t, *class_labels)
 
     return fn
 
@@ -103,17 +142,20 @@ class Trajectory:
 @torch.inference_mode()
 def trajectory(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: SamplerName = "dpmpp",
                num_steps: int | None = None, seed: int = 0, eta: float = 0.0, callback=None,
-               precision: Precision = "auto") -> Trajectory:
-    """Run one sampler on ``n`` images and keep every step (x_t and x̂₀) as uint8."""
+               precision: Precision = "auto", classes: Classes = None, guidance: float = 1.0) -> Trajectory:
+    """Run one sampler on ``n`` images and keep every step (x_t and x̂₀) as uint8 (classes and guidance as in
+    ``generate``)."""
     model.eval()
     cfg = model.config
+    labels = resolve_classes(cfg.num_classes, n, classes, seed)
     shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
     generator = torch.Generator().manual_seed(seed)
     x_T = torch.randn(shape, generator=generator)
     samples, preds, ts = [to_hwc_numpy(x_T)], [np.full_like(to_hwc_numpy(x_T), 128)], [schedule.num_timesteps]
     total = num_model_calls(schedule, sampler, num_steps)
     device = _model_device(model)
-    for step in sample_progressive(_autocast(model, precision, device), schedule, shape, sampler, num_steps, eta=eta,
+    fn = guided_model(_autocast(model, precision, device), labels, guidance, cfg.num_classes)
+    for step in sample_progressive(fn, schedule, shape, sampler, num_steps, eta=eta,
                                    generator=generator, noise=x_T, device=device):
         samples.append(to_hwc_numpy(step.prev_sample))
         preds.append(to_hwc_numpy(step.pred_original_sample))

@@ -35,6 +35,40 @@ class SamplerStep:
     pred_original_sample: torch.Tensor
 
 
+def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """uncond + s · (cond − uncond) (Ho & Salimans 2022, as in diffusers): s = 0 unconditional, s = 1 conditional."""
+    return uncond + scale * (cond - uncond)
+
+
+def guided_model(model: Callable[..., torch.Tensor], class_labels: torch.Tensor | None, scale: float,
+                 num_classes: int | None) -> ModelFn:
+    """The ``ModelFn`` a sampler calls for a class-conditional network under classifier-free guidance.
+
+    ``model(x, t, labels)`` with labels (B,) in [0, K], K = ``num_classes`` meaning "no class".
+    ``class_labels=None`` gives the plain ``model(x, t)``. For s ∉ {0, 1} the conditional and
+    unconditional predictions come from one forward pass over a batch of 2B, not two passes.
+    """
+    if class_labels is None:
+        return model
+    null = num_classes
+    if null is None:
+        raise ValueError("this model is unconditional: it takes no tissue class (leave classes unset)")
+    if scale < 0:
+        raise ValueError(f"guidance scale must be ≥ 0, got {scale}")
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        labels = class_labels.to(x.device)
+        if scale == 1.0:
+            return model(x, t, labels)
+        if scale == 0.0:
+            return model(x, t, torch.full_like(labels, null))
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, null)]))
+        cond, uncond = out.float().chunk(2)
+        return classifier_free_guidance(cond, uncond, scale)
+
+    return fn
+
+
 def trailing_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
     """``num_steps`` timesteps from T-1 down, evenly spaced (diffusers' ``timestep_spacing='trailing'``)."""
     if not 1 <= num_steps <= num_timesteps:

@@ -27,7 +27,7 @@ from .config import ConfigMixin
 from .data import dihedral_augment, to_model_range
 from .device import Precision, resolve_device, use_bf16
 from .schedules import NoiseSchedule, ScheduleConfig, min_snr_weight, q_sample, training_target
-from .unet import UNetConfig, build_unet, count_parameters
+from .unet import UNetConfig, build_unet, count_parameters, load_weights_from
 
 
 GPU_SYNC_EVERY = 25  # on a GPU the loss is read back (a device sync) only every this many steps
@@ -50,6 +50,8 @@ class TrainConfig(ConfigMixin):
     seed: int = 0
     checkpoint_every_s: float = 300.0
     compile: bool = False
+    p_uncond: float = 0.15  # conditional models: share of labels dropped to "no class" (classifier-free guidance)
+    lr_decay: Literal["none", "cosine"] = "none"  # cosine: from lr after warm-up down to 0 at max_steps
 
     def __post_init__(self) -> None:
         checks = {
@@ -62,12 +64,15 @@ class TrainConfig(ConfigMixin):
             "grad_clip": self.grad_clip is None or self.grad_clip > 0,
             "loss_weighting": self.loss_weighting in ("none", "min_snr"),
             "precision": self.precision in ("auto", "bf16", "fp32"),
+            "p_uncond": 0.0 <= self.p_uncond <= 1.0,
+            "lr_decay": self.lr_decay in ("none", "cosine"),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError("invalid training settings: " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
                              + " (lr in (0, 0.1], batch_size in [1, 8192], max_steps >= 1, ema_decay in (0, 1), "
-                               "optimizer adam|adamw, loss_weighting none|min_snr, precision auto|bf16|fp32)")
+                               "optimizer adam|adamw, loss_weighting none|min_snr, precision auto|bf16|fp32, "
+                               "p_uncond in [0, 1], lr_decay none|cosine)")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -104,10 +109,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 def diffusion_loss(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
-                   noise: torch.Tensor, weighting: str = "none", gamma: float = 5.0) -> torch.Tensor:
-    """Mean over the batch of w(t)·‖f(x_t, t) - target‖² / D, target ε or v (Ho et al. eq. 14)."""
+                   noise: torch.Tensor, weighting: str = "none", gamma: float = 5.0,
+                   class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of w(t)·‖f(x_t, t[, y]) - target‖² / D, target ε or v (Ho et al. eq. 14)."""
     x_t = q_sample(schedule, x0, t, noise)
-    per_sample = F.mse_loss(model(x_t, t).float(), training_target(schedule, x0, noise, t), reduction="none").mean((1, 2, 3))
+    out = model(x_t, t) if class_labels is None else model(x_t, t, class_labels)
+    per_sample = F.mse_loss(out.float(), training_target(schedule, x0, noise, t), reduction="none").mean((1, 2, 3))
     if weighting == "min_snr":
         per_sample = per_sample * min_snr_weight(schedule, t, gamma)
     return per_sample.mean()
@@ -137,12 +144,21 @@ class Trainer:
 
     ``out_dir`` (optional) receives the checkpoint, the resumable training state and the loss log;
     ``resume=True`` continues from what is there.  ``init_model`` starts from given weights (for
-    fine-tuning a pretrained model); the trainer always trains its own copy.
+    fine-tuning a pretrained model, or a conditional model from an unconditional one); the trainer
+    always trains its own copy.  A conditional model (``model_config.num_classes``) needs ``labels``.
     """
 
     def __init__(self, model_config: UNetConfig, schedule_config: ScheduleConfig, train_config: TrainConfig,
                  images: torch.Tensor, out_dir: str | os.PathLike | None = None, device: str | torch.device = "auto",
-                 resume: bool = False, init_model: nn.Module | None = None, extra_config: dict | None = None):
+                 resume: bool = False, init_model: nn.Module | None = None, extra_config: dict | None = None,
+                 labels: torch.Tensor | None = None):
+        if model_config.num_classes is not None:
+            if labels is None or labels.shape != (images.shape[0],):
+                raise ValueError(f"a conditional model ({model_config.num_classes} classes) needs one label per image; "
+                                 f"got {'none' if labels is None else tuple(labels.shape)} for {images.shape[0]} images")
+            if int(labels.min()) < 0 or int(labels.max()) >= model_config.num_classes:
+                raise ValueError(f"labels must lie in [0, {model_config.num_classes - 1}], "
+                                 f"got [{int(labels.min())}, {int(labels.max())}]")
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != model_config.in_channels:
             raise ValueError(f"images must be a uint8 tensor (N, {model_config.in_channels}, H, W), got {images.dtype} {tuple(images.shape)}")
         if images.shape[-1] != model_config.image_size:
@@ -160,13 +176,15 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.extra_config = extra_config or {}
         self.images = images.to(self.device)
+        self.labels = labels.long().to(self.device) if model_config.num_classes is not None else None
+        self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, its permutation)
         self.steps_per_epoch = images.shape[0] // (train_config.batch_size * self.world_size)
 
         with torch.random.fork_rng(devices=[]):  # initial weights come from the config's seed, not the global RNG
             torch.manual_seed(train_config.seed)
             self.model = build_unet(model_config).to(self.device)
         if init_model is not None:
-            self.model.load_state_dict(init_model.state_dict())
+            load_weights_from(self.model, init_model.state_dict())
         self.sync_every = 1 if self.device.type == "cpu" else GPU_SYNC_EVERY  # steps between reads of the loss
         self.channels_last = self.device.type == "cuda"  # measured: a win on GPUs, a loss on this CPU
         if self.channels_last:
@@ -192,31 +210,53 @@ class Trainer:
         """This rank's indices for ``step``: epoch e is one permutation seeded by (seed, e), cut into
         world_size·batch blocks; rank r takes the r-th batch of each block, so shards never overlap."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.images.shape[0], generator=g)
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.images.shape[0], generator=g).to(self.device))
+        perm = self._perm[1]
         b = self.config.batch_size
         start = (pos * self.world_size + self.rank) * b
         return perm[start:start + b]
 
-    def get_batch(self, step: int, generator: torch.Generator) -> torch.Tensor:
-        x = to_model_range(self.images[self.batch_indices(step).to(self.device)])
+    def get_batch(self, step: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x0 in [-1, 1], labels or None) for ``step``; labels are not yet dropped to "no class"."""
+        idx = self.batch_indices(step)
+        x = to_model_range(self.images[idx])
         x = dihedral_augment(x, generator) if self.config.augment else x
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return x, (self.labels[idx] if self.labels is not None else None)
 
     # ---- one step -----------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        warm = self.config.warmup_steps
-        return self.config.lr * min(1.0, (step + 1 - self.warmup_offset) / warm) if warm else self.config.lr
+        """Linear warm-up over ``warmup_steps`` (restarted at a resume without optimizer moments), then
+        constant or a cosine decay to 0 at ``max_steps``."""
+        cfg, warm = self.config, self.config.warmup_steps
+        lr = cfg.lr * min(1.0, (step + 1 - self.warmup_offset) / warm) if warm else cfg.lr
+        if cfg.lr_decay == "cosine" and step >= warm:
+            progress = min(1.0, (step - warm) / max(cfg.max_steps - warm, 1))
+            lr *= 0.5 * (1 + math.cos(math.pi * progress))
+        return lr
+
+    def _step_generator(self, step: int) -> torch.Generator:
+        """This step's random draws: on the CPU a CPU generator (as always); on a GPU one on the device,
+        so that noise for a large batch is not made on the host and copied over every step."""
+        seed = self.config.seed * 7_919 + step * 131 + self.rank
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     def train_step(self, step: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.config.seed * 7_919 + step * 131 + self.rank)
-        x0 = self.get_batch(step, g)
-        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), generator=g).to(self.device)
-        noise = torch.randn(x0.shape, generator=g).to(self.device)
+        g = self._step_generator(step)
+        x0, labels = self.get_batch(step, g)
+        dev = self.device
+        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), generator=g, device=dev)
+        noise = torch.randn(x0.shape, generator=g, device=dev)
+        if labels is not None:  # classifier-free guidance: drop the label to "no class" with probability p_uncond
+            drop = torch.rand(labels.shape[0], generator=g, device=dev) < self.config.p_uncond
+            labels = torch.where(drop, torch.full_like(labels, self.model_config.num_classes), labels)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = diffusion_loss(self.forward, self.schedule, x0, t, noise, self.config.loss_weighting, self.config.min_snr_gamma)
+            loss = diffusion_loss(self.forward, self.schedule, x0, t, noise, self.config.loss_weighting,
+                                  self.config.min_snr_gamma, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip:
@@ -225,8 +265,10 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def train(self, callback: Callable[[TrainProgress], None] | None = None,
-              stop_event: threading.Event | None = None, max_steps: int | None = None) -> TrainResult:
-        """Train until ``max_steps`` (default: the config's) or until ``stop_event`` is set.
+              stop_event: threading.Event | None = None, max_steps: int | None = None,
+              time_limit_s: float | None = None) -> TrainResult:
+        """Train until ``max_steps`` (default: the config's), until ``stop_event`` is set, or until
+        ``time_limit_s`` seconds of this call have passed (then it saves and returns, stopped).
 
         Raises NonFiniteLossError on a NaN/inf loss, before any update is applied with it; the last
         checkpoint written stays as it was.
@@ -239,7 +281,8 @@ class Trainer:
         rate_t0, rate_step = time.time(), self.step
         stopped = False
         while self.step < max_steps:
-            if stop_event is not None and stop_event.is_set():
+            if (stop_event is not None and stop_event.is_set()) or (
+                    time_limit_s is not None and time.time() - start > time_limit_s):
                 stopped = True
                 break
             loss = self.train_step(self.step)

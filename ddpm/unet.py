@@ -1,12 +1,16 @@
 """Time-conditioned U-Nets for small RGB images, built from a frozen config alone.
 
-Two architectures:
+Two architectures, each optionally conditioned on a tissue class (``num_classes``):
 
 * ``seed``: the tutorial paper's notebook network, layer for layer (about 0.16 M parameters).
 * ``resunet``: residual blocks with GroupNorm and SiLU, the timestep added per block, optional
   self-attention at the coarsest levels (the DDPM / ADM design, scaled for 28×28 on a CPU).
 
-The network knows nothing of the noise schedule: it maps (x_t, t) to an output of the same shape.
+The network knows nothing of the noise schedule: it maps (x_t, t[, class]) to an output of the same shape.
+A conditional network has ``num_classes + 1`` learned class embeddings, the last one meaning "no class"
+(classifier-free guidance, Ho & Salimans 2022); the class embedding is added to the time embedding and
+starts at zero, so a conditional network initialised from unconditional weights computes exactly what
+they computed until training moves it.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ class UNetConfig(ConfigMixin):
     time_embed_dim: int = 128
     dropout: float = 0.0
     norm_groups: int = 8
+    num_classes: int | None = None  # None: unconditional; else class labels 0..num_classes-1, num_classes = "no class"
     config_name = "model"
 
     def __post_init__(self) -> None:
@@ -44,6 +49,8 @@ class UNetConfig(ConfigMixin):
             raise ValueError(f"architecture must be 'seed' or 'resunet', got {self.architecture!r}")
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
+        if self.num_classes is not None and not (isinstance(self.num_classes, int) and 1 <= self.num_classes <= 1000):
+            raise ValueError(f"num_classes must be None (unconditional) or an integer in [1, 1000], got {self.num_classes!r}")
         down = 2 ** (len(self.channel_mults) - 1) if self.architecture == "resunet" else 2
         if self.image_size % down:
             raise ValueError(f"image_size {self.image_size} must be divisible by {down} for {len(self.channel_mults)} levels")
@@ -58,6 +65,36 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class ClassEmbedding(nn.Module):
+    """Learned per-class vectors added to the time embedding; index ``num_classes`` is "no class".
+
+    Zero-initialised, so the network starts out ignoring the label.
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embedding = nn.Embedding(num_classes + 1, dim)
+        nn.init.zeros_(self.embedding.weight)
+
+    def forward(self, class_labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        if class_labels is None:
+            class_labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        return self.embedding(class_labels)  # (B, dim)
+
+
+def _class_embedding(config: UNetConfig, dim: int) -> ClassEmbedding | None:
+    return ClassEmbedding(config.num_classes, dim) if config.num_classes is not None else None
+
+
+def _add_class(emb: torch.Tensor, class_embed: ClassEmbedding | None, class_labels: torch.Tensor | None) -> torch.Tensor:
+    if class_embed is None:
+        if class_labels is not None:
+            raise ValueError("this network is unconditional (num_classes is None): it takes no class labels")
+        return emb
+    return emb + class_embed(class_labels, emb.shape[0], emb.device)
 
 
 class SeedUNet(nn.Module):
@@ -77,9 +114,10 @@ class SeedUNet(nn.Module):
         self.conv_out = nn.Conv2d(32, c, 3, padding=1)
         self.time_proj1 = nn.Linear(emb, 32)
         self.time_proj2 = nn.Linear(emb, 64)
+        self.class_embed = _class_embedding(config, emb)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time_mlp(timestep_embedding(t, 32))  # (B, 128)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        emb = _add_class(self.time_mlp(timestep_embedding(t, 32)), self.class_embed, class_labels)  # (B, 128)
         h1 = F.relu(self.conv1(x)) + self.time_proj1(emb)[:, :, None, None]  # (B, 32, 28, 28)
         h1 = F.relu(self.conv2(h1))
         h2 = F.relu(self.down(h1)) + self.time_proj2(emb)[:, :, None, None]  # (B, 64, 14, 14)
@@ -135,6 +173,7 @@ class ResUNet(nn.Module):
         self.config = config
         ch, emb, g = config.base_channels, config.time_embed_dim, config.norm_groups
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.class_embed = _class_embedding(config, emb)
         self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
 
         self.down_blocks, self.down_attn, self.downsamplers = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
@@ -168,9 +207,10 @@ class ResUNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W), t: (B,) timesteps, class_labels: (B,) in [0, num_classes] or None ("no class")."""
         cfg = self.config
-        emb = self.time_mlp(timestep_embedding(t, cfg.base_channels))
+        emb = _add_class(self.time_mlp(timestep_embedding(t, cfg.base_channels)), self.class_embed, class_labels)
         h = self.conv_in(x)
         skips = [h]
         blocks = iter(zip(self.down_blocks, self.down_attn))
@@ -197,6 +237,24 @@ def build_unet(config: UNetConfig) -> nn.Module:
     """The network described by ``config``, with fresh weights; a config beyond ``limits`` is refused first."""
     check_model_config(config)
     return SeedUNet(config) if config.architecture == "seed" else ResUNet(config)
+
+
+def load_weights_from(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy ``state_dict`` into ``model``; a conditional model may take an unconditional network's weights
+    (its class embedding then stays at zero, so it computes what they computed). Anything else that does
+    not match is a ValueError that lists the differences."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    allowed_missing = [k for k in missing if k.startswith("class_embed.")]
+    if unexpected or shapes or len(allowed_missing) != len(missing):
+        diff = [f"missing {k}" for k in missing if k not in allowed_missing] + [f"unexpected {k}" for k in unexpected]
+        diff += [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in shapes]
+        raise ValueError(f"the weights do not fit this network ({len(diff)} differences: {'; '.join(diff[:6])}"
+                         f"{' …' if len(diff) > 6 else ''}); --init-from needs a checkpoint of the same architecture "
+                         "(only the class embedding may be absent)")
+    model.load_state_dict(state_dict, strict=not allowed_missing)
 
 
 def count_parameters(model: nn.Module) -> int:
