@@ -160,7 +160,7 @@ def evaluation_panel(generated_hwc: np.ndarray, data: ReferenceData, report: dic
 
 def sample_and_evaluate(model: torch.nn.Module, schedule, n: int, sampler: str = "dpmpp", num_steps: int | None = None,
                         seed: int = 0, data: ReferenceData | None = None, encoder: TissueEncoder | None = None,
-                        progress: bool = False, callback=None) -> tuple[dict, torch.Tensor]:
+                        progress: bool = False, callback=None, precision: str = "auto") -> tuple[dict, torch.Tensor]:
     """Generate ``n`` patches with ``model`` and score them: (report with its "sampling" section, uint8 (n, 3, H, W)).
 
     The one sample-then-score flow of the CLI, the app and bench: ``callback(fraction, message)``
@@ -171,14 +171,15 @@ def sample_and_evaluate(model: torch.nn.Module, schedule, n: int, sampler: str =
 
     tell = callback or (lambda f, m: None)
     t0 = time.time()
-    images = to_uint8(generate(model, schedule, n, sampler, num_steps, seed, progress=progress,
+    images = to_uint8(generate(model, schedule, n, sampler, num_steps, seed, progress=progress, precision=precision,
                                callback=lambda done, total: tell(0.5 * done / total, f"sampling: step {done}/{total}")))
     seconds = time.time() - t0
     report = evaluate_images(images, data, encoder, seed=seed, progress=progress,
                              callback=lambda f, message: tell(0.5 + 0.5 * f, f"evaluating: {message}"))
     report["sampling"] = {"sampler": sampler, "steps": num_model_calls(schedule, sampler, num_steps), "seed": seed,
                           "seconds": round(seconds, 1), "seconds_per_1000": round(seconds * 1000 / n, 1),
-                          "device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads()}
+                          "device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),
+                          "precision": precision}
     return report, images
 
 
@@ -189,17 +190,22 @@ def evaluate_checkpoint(args) -> dict:
     from ..device import resolve_device
     from ..export import save_png
 
+    from ..cli_options import say_precision, writable_folder
+
+    out = Path(args.out)
+    writable_folder(out.parent)
+    device = resolve_device(args.device)
+    say_precision(args, device)
     ckpt = load_checkpoint(args.checkpoint)
     print(f"model from {ckpt.source}")
     data = load_reference(args.data_dir)
     if data.note:
         print(f"warning: {data.note}")
     encoder = load_encoder(args.encoder)
-    model = ckpt.model.to(resolve_device(args.device))
+    model = ckpt.model.to(device)
     report, images = sample_and_evaluate(model, ckpt.schedule, args.n, args.sampler, args.steps, args.seed, data, encoder,
-                                         progress=True)
+                                         progress=True, precision=args.precision)
     report["sampling"] = {"checkpoint": ckpt.source, **report["sampling"]}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     save_png(evaluation_panel(to_hwc_numpy(images), data, report), out.with_suffix(".png"), scale=2)
