@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .limits import check_checkpoint_config
 from .schedules import NoiseSchedule, ScheduleConfig
 from .unet import UNetConfig, build_unet
 
@@ -36,8 +37,26 @@ OPTIONAL_KEYS = ("library", "preset", "training", "weights_dtype", "description"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DIR = REPO_ROOT / "checkpoints"
 DEFAULT_MODEL = "default"
-#: Where the shipped models live on the Hub; the offline fallback is checkpoints/<name>.
-HUB_REPOS = {"default": "pathmnist-studio/ddpm-pathmnist", "seed": "pathmnist-studio/ddpm-pathmnist-seed"}
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A model on the Hub at a pinned revision: a commit hash, or the tag made when it was pushed.
+
+    A push to the repo's main branch does not change what a deployment serves; changing the pin here does.
+    """
+
+    repo_id: str
+    revision: str
+
+    def __str__(self) -> str:
+        return f"{self.repo_id}@{self.revision}"
+
+
+#: Where the shipped models live on the Hub, each at the revision that holds the weights in checkpoints/<name>
+#: (tagged by its training step when pushed); offline, or when that revision cannot be had, checkpoints/<name>.
+HUB_REPOS = {"default": HubModel("pathmnist-studio/ddpm-pathmnist", "step-6011"),
+             "seed": HubModel("pathmnist-studio/ddpm-pathmnist-seed", "step-1406")}
 
 
 class CheckpointError(ValueError):
@@ -128,7 +147,9 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def configs_from(config: dict[str, Any], path: Path) -> tuple[UNetConfig, ScheduleConfig]:
+    """The configs of a checkpoint, refused (before any network is built) when ``limits`` does not allow them."""
     try:
+        check_checkpoint_config(config)
         return UNetConfig.from_dict(config["model"]), ScheduleConfig.from_dict(config["schedule"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path / CONFIG_NAME}: invalid model or schedule section: {err}") from err
@@ -200,46 +221,53 @@ def download_from_hub(repo_id: str, revision: str | None = None, cache_dir: str 
     """Fetch config.json and model.safetensors of a Hub model repo; returns the local snapshot folder."""
     from huggingface_hub import hf_hub_download
 
-    path = None
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        path = hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-    return Path(path).parent
+    fetch = lambda name: Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir,  # noqa: E731
+                                              local_files_only=local_files_only))
+    folder = fetch(CONFIG_NAME).parent
+    configs_from(read_config(folder), folder)  # a config out of bounds is refused before its weights are fetched
+    return fetch(WEIGHTS_NAME).parent
 
 
 def load_checkpoint(source: str | os.PathLike | None = None, revision: str | None = None,
                     cache_dir: str | os.PathLike | None = None) -> Checkpoint:
-    """Load a checkpoint from a local folder, a shipped model name or a Hub repo id.
+    """Load a checkpoint from a local folder, a shipped model name or a Hub repo id (``owner/name[@revision]``).
 
-    ``None`` or a shipped name ("default", "seed") tries the Hub repo in HUB_REPOS first and falls back
-    to ``checkpoints/<name>`` offline; a repo id that cannot be reached is an error unless a shipped
-    model is published under it.  ``Checkpoint.source`` says which was used.
+    ``None`` or a shipped name ("default", "seed") tries its Hub repo at the revision pinned in HUB_REPOS
+    first and falls back to ``checkpoints/<name>`` offline; a repo id that cannot be reached is an error
+    unless a shipped model is published under it (then its pin applies too).  ``Checkpoint.source`` says
+    which was used, revision included.
     """
     source = str(source) if source is not None else DEFAULT_MODEL
     if Path(source).expanduser().is_dir():
         return load_local(Path(source).expanduser())
-    shipped = source if source in HUB_REPOS else next((k for k, v in HUB_REPOS.items() if v == source), None)
-    repo_id = HUB_REPOS.get(source, source)
+    if "@" in source:
+        source, revision = source.rsplit("@", 1)
+    shipped = source if source in HUB_REPOS else next((k for k, v in HUB_REPOS.items() if v.repo_id == source), None)
+    repo_id = HUB_REPOS[shipped].repo_id if shipped else source
+    if revision is None and shipped:
+        revision = HUB_REPOS[shipped].revision
     if not looks_like_repo_id(repo_id):
         raise CheckpointError(f"{source!r} is neither a checkpoint folder, a shipped model {sorted(HUB_REPOS)}, "
-                              "nor a Hub repo id like 'owner/name'.")
+                              "nor a Hub repo id like 'owner/name' or 'owner/name@revision'.")
     from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
     from huggingface_hub import constants
 
+    at = f"{repo_id}@{revision}" if revision else repo_id
     try:
         online = not constants.HF_HUB_OFFLINE and hub_reachable()
         folder = download_from_hub(repo_id, revision, cache_dir, local_files_only=not online)
         where = "Hugging Face Hub" if online else "Hugging Face Hub cache (offline)"
-        return load_local(folder, source=f"{where} {repo_id}" + (f"@{revision}" if revision else ""))
+        return load_local(folder, source=f"{where} {at}")
     except CheckpointError:
         raise
     except LocalEntryNotFoundError as err:  # an EntryNotFoundError too, but it means "offline and not cached"
-        hub_error = f"the Hub could not be reached for {repo_id} ({type(err).__name__})"
+        hub_error = f"the Hub could not be reached for {at} ({type(err).__name__})"
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
-        hub_error = f"the Hub has no checkpoint at {repo_id} ({type(err).__name__})"
+        hub_error = f"the Hub has no checkpoint at {at} ({type(err).__name__})"
     except Exception as err:  # offline, DNS, timeout, proxy: anything that keeps us from the Hub
-        hub_error = f"the Hub could not be reached for {repo_id} ({type(err).__name__})"
+        hub_error = f"the Hub could not be reached for {at} ({type(err).__name__})"
     if shipped is None:
         raise CheckpointError(f"{hub_error}; pass a local checkpoint folder or check the repo id and your connection.")
     local = SHIPPED_DIR / shipped

@@ -7,33 +7,41 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
+from .cli_options import (PRECISIONS, PRESET_NAMES, SAMPLER_NAMES, HelpFormatter, add_reproducibility, examples,
+                          say_precision, writable_folder)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model (resumable; Ctrl-C saves and stops)")
-    p.add_argument("--preset", default="small", help="seed | small | large (default: small)")
+    p = sub.add_parser("train", help="train a model (resumable; Ctrl-C saves and stops)", formatter_class=HelpFormatter,
+                       description="Train a diffusion model on PathMNIST. Ctrl-C (or SIGTERM) saves and stops; "
+                                   "--resume continues the run in --out exactly as its config.json describes it.",
+                       epilog=examples("python -m ddpm train --preset small --data-dir ~/.medmnist --out runs/mine",
+                                        "python -m ddpm train --preset seed --subset --steps 102 --out runs/notebook",
+                                        "python -m ddpm train --out runs/mine --resume --steps 30000",
+                                        "torchrun --nproc_per_node 4 -m ddpm train --preset large --epochs 10 --out runs/ddp"))
+    p.add_argument("--preset", choices=PRESET_NAMES, help="network, schedule and training recipe (default: small)")
     p.add_argument("--out", required=True, help="output folder for the checkpoint, state and loss log")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="total optimizer steps (default: the preset's)")
-    length.add_argument("--epochs", type=float, help="total epochs over the training split")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--schedule", choices=["linear", "cosine"], help="noise schedule kind")
-    p.add_argument("--timesteps", type=int, help="T, the number of diffusion steps")
-    p.add_argument("--zero-terminal-snr", choices=["on", "off"], help="rescale the schedule to SNR(T) = 0")
-    p.add_argument("--prediction", choices=["epsilon", "v_prediction"], help="what the network predicts")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"])
+    length.add_argument("--epochs", type=float, help="total epochs over the training split, whatever the number of ranks")
+    p.add_argument("--batch-size", type=int, help="images per step and rank (default: the preset's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    p.add_argument("--schedule", choices=["linear", "cosine"], help="noise schedule kind (default: the preset's)")
+    p.add_argument("--timesteps", type=int, help="T, the number of diffusion steps, 2 to 1000 (default: the preset's)")
+    p.add_argument("--zero-terminal-snr", choices=["on", "off"], help="rescale the schedule to SNR(T) = 0 (default: the preset's)")
+    p.add_argument("--prediction", choices=["epsilon", "v_prediction"], help="what the network predicts (default: the preset's)")
+    p.add_argument("--precision", choices=PRECISIONS, help="autocast: auto uses bf16 where the hardware has it (default: the preset's)")
     p.add_argument("--data-dir", help="folder with pathmnist.npz (default: $DDPM_DATA_DIR, else ~/.medmnist)")
-    p.add_argument("--size", type=int, default=28, choices=[28, 64, 128, 224], help="MedMNIST+ image size")
+    p.add_argument("--size", type=int, choices=[28, 64, 128, 224], help="MedMNIST+ image size (default: 28)")
     p.add_argument("--subset", action="store_true", help="train on the bundled subset (no download needed)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--init-from", help="start from these weights (folder, shipped name or Hub repo id)")
-    p.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints (default 300)")
+    p.add_argument("--seed", type=int, help="seed of the initial weights, data order and noise (default: the preset's)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out; flags that contradict its "
+                   "config.json are refused")
+    p.add_argument("--init-from", help="start from these weights (folder, shipped name or Hub repo id) of the same architecture")
+    p.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints (default: 300)")
     p.add_argument("--num-classes", type=int, help="train a tissue-conditional model with this many classes "
                    "(9 for PathMNIST; default: the preset's); with --init-from an unconditional checkpoint, its "
                    "weights are kept and the class embedding starts at zero")
@@ -41,15 +49,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-decay", choices=["none", "cosine"], help="learning-rate decay after warm-up (default: the preset's)")
     p.add_argument("--warmup-steps", type=int, help="learning-rate warm-up steps (default: the preset's)")
     p.add_argument("--ema-decay", type=float, help="EMA decay of the sampling weights (default: the preset's)")
-    p.add_argument("--max-minutes", type=float, help="stop, save and exit after this many minutes of training")
+    p.add_argument("--max-minutes", type=float, help="stop, save and exit after this many minutes of training (default: no limit)")
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="generate images into FILE.npz and FILE.png")
-    p.add_argument("--checkpoint", default=None, help="folder, shipped name (default, seed) or Hub repo id")
-    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp"],
-                   help="sampler (default: the checkpoint's recommended one, else dpmpp)")
-    p.add_argument("--steps", type=int, help="sampler steps (DDPM always uses all T; default: the checkpoint's recommended, else 20)")
+    p = sub.add_parser("sample", help="generate images into FILE.npz and FILE.png", formatter_class=HelpFormatter,
+                       description="Generate patches with a checkpoint. The same --seed, --precision and --batch-size "
+                                   "give the same images on any CPU with fp32 (the default). Without options: the "
+                                   "checkpoint's recommended sampler, steps and guidance, tissues drawn from the training prior.",
+                       epilog=examples("python -m ddpm sample -n 64 --seed 0 --out samples",
+                                        "python -m ddpm sample --class adipose --guidance 2 -n 16 --out adipose",
+                                        "python -m ddpm sample --checkpoint runs/mine --sampler ddim --steps 50 --out ddim50",
+                                        "python -m ddpm sample --precision bf16 --threads 2 -n 1000 --out many"))
+    p.add_argument("--checkpoint", default=None, help="folder, shipped name (default, seed) or Hub repo id[@revision] "
+                   "(default: the shipped default model)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="DDPM (ancestral, all T steps), DDIM or DPM-Solver++(2M) "
+                   "(default: the checkpoint's recommended one, else dpmpp)")
+    p.add_argument("--steps", type=int, help="sampler steps (DDPM always uses all T; default: the checkpoint's "
+                   "recommended, else 20)")
     p.add_argument("--class", dest="tissue", metavar="NAME|INDEX|prior",
                    help="tissue-conditional models: the tissue to generate (a name such as 'adipose', a unique prefix, "
                         "an index 0-8) or 'prior' (default: draws from the training split's class frequencies)")
@@ -57,36 +74,53 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    "unconditional, 1 = plain conditional (default: the checkpoint's recommended, chosen by its guidance sweep)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 ancestral)")
     p.add_argument("-n", type=int, default=64, help="number of images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise and of every sampler draw")
     p.add_argument("--batch-size", type=int, help="images per network call (default 128 on CPU, 512 on GPU)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_reproducibility(p)
     p.add_argument("--out", default="samples", help="output path without extension (FILE -> FILE.npz, FILE.png)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ddpm", description="DDPM for PathMNIST: train, sample, evaluate.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="python -m ddpm", formatter_class=HelpFormatter,
+                                     description="DDPM for PathMNIST: train, sample, evaluate, publish.",
+                                     epilog=examples("python -m ddpm sample -n 16 --out samples",
+                                                      "python -m ddpm train --preset small --subset --steps 200 --out runs/try",
+                                                      "python -m ddpm info default",
+                                                      "python -m ddpm COMMAND --help   # every option of a command"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_sample(sub)
-    p = sub.add_parser("info", help="describe a checkpoint")
-    p.add_argument("checkpoint", help="folder, shipped name or Hub repo id")
-    p = sub.add_parser("pack-data", help="write a split as lossless shards for a machine without internet or medmnist")
+    p = sub.add_parser("info", help="describe a checkpoint", formatter_class=HelpFormatter,
+                       description="Print what a checkpoint holds (network, schedule, training, data) as JSON.",
+                       epilog=examples("python -m ddpm info default", "python -m ddpm info runs/mine"))
+    p.add_argument("checkpoint", help="folder, shipped name or Hub repo id[@revision]")
+    p = sub.add_parser("pack-data", help="write a split as lossless shards for a machine without internet or medmnist",
+                       formatter_class=HelpFormatter,
+                       epilog=examples("python -m ddpm pack-data --data-dir ~/.medmnist --out pack",
+                                        "python -m ddpm pack-data --split val --out pack"))
     p.add_argument("--out", required=True, help="folder for the manifest and shards")
     p.add_argument("--data-dir", help="folder with pathmnist.npz (default: $DDPM_DATA_DIR, else ~/.medmnist)")
-    p.add_argument("--split", default="train", choices=["train", "val", "test"])
-    p.add_argument("--shard-mb", type=float, default=40.0, help="largest shard in MB (default 40)")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"], help="which split to pack")
+    p.add_argument("--shard-mb", type=float, default=40.0, help="largest shard in MB")
     p.add_argument("--method", type=int, default=4, choices=range(7), metavar="0-6",
-                   help="WebP effort, always lossless (default 4: 1.27 KB a patch; 6 is 10x slower for 1%% less)")
-    p = sub.add_parser("download", help="download PathMNIST with medmnist (needs internet)")
-    p.add_argument("--data-dir")
-    p.add_argument("--size", type=int, default=28, choices=[28, 64, 128, 224])
+                   help="WebP effort, always lossless (4: 1.27 KB a patch; 6 is 10x slower for 1%% less)")
+    p = sub.add_parser("download", help="download PathMNIST with medmnist (needs internet)", formatter_class=HelpFormatter,
+                       epilog=examples("python -m ddpm download --data-dir ~/.medmnist",
+                                        "python -m ddpm download --size 64"))
+    p.add_argument("--data-dir", help="target folder (default: $DDPM_DATA_DIR, else ~/.medmnist)")
+    p.add_argument("--size", type=int, default=28, choices=[28, 64, 128, 224], help="MedMNIST+ image size")
     from .evaluation.cli import add_evaluate_parser, add_train_encoder_parser
     add_evaluate_parser(sub)
     add_train_encoder_parser(sub)
-    p = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")
-    p.add_argument("folder")
-    p.add_argument("--repo-id", required=True)
-    p.add_argument("--private", action="store_true")
+    p = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub", formatter_class=HelpFormatter,
+                       description="Write the model card (README.md) into the folder and upload it; pin the commit "
+                                   "it prints in ddpm.checkpoints.HUB_REPOS to serve it.",
+                       epilog=examples("python -m ddpm push checkpoints/default --repo-id you/ddpm-pathmnist",
+                                        "python -m ddpm push runs/mine --repo-id you/test --private"))
+    p.add_argument("folder", help="checkpoint folder (config.json + model.safetensors)")
+    p.add_argument("--repo-id", required=True, help="Hub model repo, owner/name (created if needed)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--token", help="Hub token (default: the one huggingface-cli login stored)")
     return parser
 
@@ -105,6 +139,48 @@ def init_distributed(device: str) -> None:
     torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
 
 
+def steps_for_epochs(epochs: float, num_images: int, batch_size: int, world_size: int) -> int:
+    """Optimizer steps for ``epochs`` passes over the data when ``world_size`` ranks each take ``batch_size`` a step."""
+    per_epoch = num_images // (batch_size * world_size)
+    if per_epoch < 1:
+        raise ValueError(f"{num_images} images cannot fill one step of {batch_size} × {world_size} rank(s); lower --batch-size")
+    return max(1, round(epochs * per_epoch))
+
+
+#: train flags that describe the run itself: on --resume each must agree with the run's config.json
+RUN_FLAGS = {  # flag: (section of config.json, key, flag value -> config value)
+    "preset": (None, "preset", str), "size": ("model", "image_size", int),
+    "num_classes": ("model", "num_classes", lambda v: v or None),
+    "schedule": ("schedule", "kind", str), "timesteps": ("schedule", "num_timesteps", int),
+    "zero_terminal_snr": ("schedule", "zero_terminal_snr", lambda v: v == "on"),
+    "prediction": ("schedule", "prediction_type", str),
+    "batch_size": ("training", "batch_size", int), "lr": ("training", "lr", float), "seed": ("training", "seed", int),
+    "p_uncond": ("training", "p_uncond", float), "lr_decay": ("training", "lr_decay", str),
+    "warmup_steps": ("training", "warmup_steps", int), "ema_decay": ("training", "ema_decay", float),
+}
+
+
+def resume_config(args: argparse.Namespace) -> dict:
+    """The config.json of the run in ``args.out``, or a ValueError listing every given flag that contradicts it."""
+    from .checkpoints import read_config
+
+    run = read_config(Path(args.out))
+    differences = []
+    for flag, (section, key, to_config) in RUN_FLAGS.items():
+        given = getattr(args, flag, None)
+        if given is None:
+            continue
+        saved = run.get(key) if section is None else run.get(section, {}).get(key)
+        if to_config(given) != saved:
+            differences.append(f"--{flag.replace('_', '-')} {given} (the run has {key} = {saved!r})")
+    if args.init_from:
+        differences.append(f"--init-from {args.init_from} (a resumed run continues from its own weights)")
+    if differences:
+        raise ValueError(f"--resume continues {args.out} as its config.json describes it, and these flags contradict it: "
+                         + "; ".join(differences) + ". Drop them, or train into a new --out.")
+    return run
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -119,30 +195,45 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    writable_folder(Path(args.out))
+    run = resume_config(args) if args.resume else None
     init_distributed(args.device)
-    preset = get_preset(args.preset, args.size)
-    sched = preset.schedule
-    overrides = {k: v for k, v in {"kind": args.schedule, "num_timesteps": args.timesteps,
-                                   "prediction_type": args.prediction}.items() if v is not None}
-    if args.zero_terminal_snr:
-        overrides["zero_terminal_snr"] = args.zero_terminal_snr == "on"
-    sched = replace(sched, **overrides)
+    preset = get_preset(run.get("preset", "small") if run else (args.preset or "small"), args.size)
+    if run:  # the run's own config.json is the truth; resume_config refused any flag that contradicts it
+        from .checkpoints import configs_from
+        from .training import TrainConfig
+
+        model_cfg, sched = configs_from(run, Path(args.out))
+        tc = TrainConfig.from_dict(run.get("training", {}))
+        tc = replace(tc, **{k: v for k, v in {"precision": args.precision, "checkpoint_every_s": args.checkpoint_every,
+                                              "compile": args.compile or None}.items() if v is not None})
+    else:
+        sched = preset.schedule
+        overrides = {k: v for k, v in {"kind": args.schedule, "num_timesteps": args.timesteps,
+                                       "prediction_type": args.prediction}.items() if v is not None}
+        if args.zero_terminal_snr:
+            overrides["zero_terminal_snr"] = args.zero_terminal_snr == "on"
+        sched = replace(sched, **overrides)
+        tc = replace(preset.train, **{k: v for k, v in {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                                                       "precision": args.precision, "checkpoint_every_s": args.checkpoint_every,
+                                                       "compile": args.compile or None, "p_uncond": args.p_uncond,
+                                                       "lr_decay": args.lr_decay, "warmup_steps": args.warmup_steps,
+                                                       "ema_decay": args.ema_decay}.items() if v is not None})
+        model_cfg = preset.model if args.num_classes is None else replace(preset.model, num_classes=args.num_classes or None)
+    size = model_cfg.image_size
     if args.subset:
         data, warning = load_subset(), None
     else:
-        data, warning = load_images("train", args.data_dir, args.size, allow_subset=False)
-    tc = replace(preset.train, **{k: v for k, v in {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                                                   "precision": args.precision, "checkpoint_every_s": args.checkpoint_every,
-                                                   "compile": args.compile or None, "p_uncond": args.p_uncond,
-                                                   "lr_decay": args.lr_decay, "warmup_steps": args.warmup_steps,
-                                                   "ema_decay": args.ema_decay}.items() if v is not None})
-    model_cfg = preset.model if args.num_classes is None else replace(preset.model, num_classes=args.num_classes or None)
-    if args.epochs is not None:
-        tc = replace(tc, max_steps=max(1, round(args.epochs * (len(data) // tc.batch_size))))
+        data, warning = load_images("train", args.data_dir, size, allow_subset=False)
+    if args.epochs is not None:  # N epochs of the data, whatever the number of ranks sharing each epoch
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        tc = replace(tc, max_steps=steps_for_epochs(args.epochs, len(data), tc.batch_size, world))
     elif args.steps is not None:
         tc = replace(tc, max_steps=args.steps)
     init = load_checkpoint(args.init_from).model if args.init_from else None
     extra = {"preset": preset.name, "data": data.source}
+    if run:
+        extra.update({k: run[k] for k in ("class_names", "init_from", "description") if k in run})
     if model_cfg.num_classes:
         from .data import CLASS_NAMES
 
@@ -180,12 +271,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .checkpoints import load_checkpoint
     from .data import image_grid, to_hwc_numpy
     from .export import save_png
     from .pipeline import generate, recommended_sampling, resolve_classes
     from .device import resolve_device
 
+    out = Path(args.out)
+    out = out.with_suffix("") if out.suffix in (".npz", ".png") else out
+    writable_folder(out.parent)
+    device = resolve_device(args.device)
+    say_precision(args, device)
     ckpt = load_checkpoint(args.checkpoint)
     rec = recommended_sampling(ckpt.config)
     sampler = args.sampler or rec["sampler"]
@@ -197,11 +295,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     classes = resolve_classes(ckpt.model_config.num_classes, args.n, args.tissue, args.seed) if conditional else None
     print(f"model from {ckpt.source}; {sampler} {steps or 'all'} steps"
           + (f", class {args.tissue or 'prior'}, guidance {guidance:g}" if conditional else ", unconditional"), file=sys.stderr)
-    model = ckpt.model.to(resolve_device(args.device))
-    images = to_hwc_numpy(generate(model, ckpt.schedule, args.n, sampler, steps, args.seed,
-                                   args.batch_size, args.eta, progress=True, classes=classes, guidance=guidance))
-    out = Path(args.out)
-    out = out.with_suffix("") if out.suffix in (".npz", ".png") else out
+    model = ckpt.model.to(device)
+    images = to_hwc_numpy(generate(model, ckpt.schedule, args.n, sampler, steps, args.seed, args.batch_size, args.eta,
+                                   progress=True, precision=args.precision, classes=classes, guidance=guidance))
     out.parent.mkdir(parents=True, exist_ok=True)
     extra = {} if classes is None else {"labels": classes.numpy()}  # the tissue each image was asked to be
     np.savez_compressed(out.with_suffix(".npz"), images=images, **extra)
@@ -229,6 +325,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_pack_data(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .data import load_pathmnist, to_hwc_numpy
     from .datapack import read_pack, write_pack
 
@@ -261,11 +359,11 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --help and usage errors end here, before torch is imported
     from .checkpoints import CheckpointError
     from .data import DataNotFoundError
     from .training import NonFiniteLossError
 
-    args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "download": cmd_download, "push": cmd_push,
                 "pack-data": cmd_pack_data}
     if args.command in ("evaluate", "train-encoder"):
@@ -273,6 +371,6 @@ def main(argv: list[str] | None = None) -> int:
         commands.update({"evaluate": cmd_evaluate, "train-encoder": cmd_train_encoder})
     try:
         return commands[args.command](args)
-    except (CheckpointError, DataNotFoundError, NonFiniteLossError, ValueError) as err:
+    except (CheckpointError, DataNotFoundError, NonFiniteLossError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -11,17 +11,9 @@ import math
 import torch
 
 from .data import CLASS_NAMES, ImageSet, to_model_range
-from .presets import PRESETS
+from .presets import PRESETS, SCHEDULES
 from .schedules import NoiseSchedule, ScheduleConfig, q_sample
 from .unet import build_unet, count_parameters
-
-#: The schedules a visitor can pick, by display name (all T = 200, the paper's T).
-SCHEDULES: dict[str, ScheduleConfig] = {
-    "linear (paper)": ScheduleConfig.paper(),
-    "cosine": ScheduleConfig(kind="cosine", zero_terminal_snr=False, prediction_type="epsilon"),
-    "cosine, zero terminal SNR": ScheduleConfig(),
-}
-
 
 def schedule_name(config: ScheduleConfig) -> str:
     """The display name of a schedule config, or a description when it is none of SCHEDULES."""

@@ -10,22 +10,10 @@ import numpy as np
 
 from . import checkpoints as ckpt
 from .data import image_grid
+from .imaging import frame_indices, png_bytes, upscale
 
 #: What a downloaded checkpoint holds: the Hugging Face layout plus the loss log.
 CHECKPOINT_FILES = (ckpt.CONFIG_NAME, ckpt.WEIGHTS_NAME, ckpt.LOG_NAME)
-
-
-def _upscale(image_hwc: np.ndarray, scale: int) -> np.ndarray:
-    return image_hwc.repeat(scale, 0).repeat(scale, 1) if scale > 1 else image_hwc
-
-
-def png_bytes(image_hwc: np.ndarray, scale: int = 1) -> bytes:
-    """A uint8 (H, W, 3) array as PNG bytes, enlarged ``scale`` times with crisp (nearest) pixels."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(_upscale(image_hwc, scale))).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def save_png(image_hwc: np.ndarray, path: str | os.PathLike, scale: int = 1) -> None:
@@ -41,13 +29,11 @@ def trajectory_gif(samples: np.ndarray, pred_x0: np.ndarray, ncols: int | None =
     """
     from PIL import Image
 
-    from .figures import frame_indices
-
     frames = []
     for i in frame_indices(samples.shape[0], max_frames):
         left, right = image_grid(samples[i], ncols), image_grid(pred_x0[i], ncols)
         gap = np.full((left.shape[0], 6, 3), 255, np.uint8)
-        frames.append(Image.fromarray(_upscale(np.concatenate([left, gap, right], axis=1), scale)))
+        frames.append(Image.fromarray(upscale(np.concatenate([left, gap, right], axis=1), scale)))
     durations = [frame_ms] * (len(frames) - 1) + [hold_last_ms]
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0,

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .data import CLASS_NAMES, image_grid
-from .export import png_bytes
+from .imaging import frame_indices, png_bytes
 from .schedules import NoiseSchedule
 
 REAL_COLOR = "#6c757d"
@@ -139,13 +139,6 @@ def trajectory_times(timesteps: Sequence[int]) -> list[int]:
     """
     n = len(timesteps)
     return [int(timesteps[0])] + [int(timesteps[i + 1]) + 1 if i + 1 < n else 0 for i in range(1, n)]
-
-
-def frame_indices(num_frames: int, max_frames: int) -> list[int]:
-    """At most ``max_frames`` evenly spaced frame indices, always keeping the first and the last."""
-    if num_frames <= max_frames:
-        return list(range(num_frames))
-    return sorted(set(np.linspace(0, num_frames - 1, max_frames).round().astype(int).tolist()))
 
 
 def denoising_animation_figure(samples: np.ndarray, pred_x0: np.ndarray, timesteps: Sequence[int],

@@ -1,164 +1,64 @@
-"""Work the app shares across visitors: the training-job registry and a cache of finished computations.
+"""The server's training-job registry: at most one active job, each in its own worker thread.
 
-``JobRegistry`` owns at most one training job per server.  The job trains in a worker thread on its
-own copy of the weights (``Trainer`` builds its own network), writes into a temporary folder, and
-publishes progress as ``JobSnapshot``s that a page polls.  The worker never touches the UI.  A job
-ends when it reaches its steps, when its owner stops it, when nobody has polled it for
-``heartbeat_timeout_s`` (the visitor left), when the hosted time cap is reached, or on an error
-(NaN loss included); the error becomes the job's message and the last saved checkpoint is kept.
-
-Limits come from the environment (Streamlit's config.toml accepts no custom keys):
-``DDPM_HOSTED`` (1/0; on by default on a Hugging Face Space, where ``SPACE_ID`` is set),
-``DDPM_MAX_STEPS``, ``DDPM_MAX_BATCH``, ``DDPM_MAX_MINUTES``, ``DDPM_JOB_TIMEOUT_S`` and
-``DDPM_MAX_EVAL`` (generated patches per on-demand evaluation).
+The registry only keeps the books: who holds the training slot, which run folders exist and when
+they go.  A run holds the slot at most for the server's time cap (a timer asks it to stop then, even
+between progress reports).  Run folders of finished or abandoned runs are deleted ``keep_s`` after
+they end (a janitor thread looks every few seconds), all of them at ``shutdown`` and at interpreter
+exit, and the folders a killed server left behind when the next registry starts.  What a request may ask is ``train_request``/``server_limits``; what a job's thread does is
+``job_worker``; a job's state is ``job_state``.
 """
 from __future__ import annotations
 
-import logging
+import atexit
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Hashable, Mapping
 
-import numpy as np
 import torch
 
-from .checkpoints import WEIGHTS_NAME, Checkpoint
-from .data import to_hwc_numpy
-from .explain import SCHEDULES
-from .pipeline import generate
-from .presets import PRESETS, get_preset
-from .training import NonFiniteLossError, Trainer, TrainProgress
-
-log = logging.getLogger(__name__)
-
-ACTIVE = ("starting", "running", "stopping")
-PREVIEW_SAMPLER, PREVIEW_STEPS = "dpmpp", 20
+from .checkpoints import Checkpoint
+from .job_state import ACTIVE, Job, JobSnapshot
+from .job_worker import run_job, time_cap_reason
+from .server_limits import ServerLimits
+from .train_request import TrainRequest
 
 
-def _env_number(env: Mapping[str, str], name: str, default, cast):
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
+ROOT_PREFIX = "ddpm-app-runs-"  # then the server's process id: a root whose process is gone was abandoned
+
+
+def _pid_alive(pid: int) -> bool:
     try:
-        value = cast(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} must be a positive number") from None
-    if value <= 0:
-        raise ValueError(f"environment variable {name}={raw!r} must be a positive number")
-    return value
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
-@dataclass(frozen=True)
-class JobLimits:
-    """What a visitor may ask of the server. ``from_env`` reads the hosted caps."""
-
-    hosted: bool = False
-    max_steps: int = 100_000
-    max_batch: int = 1024
-    max_minutes: float | None = None
-    heartbeat_timeout_s: float = 90.0
-    presets: tuple[str, ...] = tuple(PRESETS)
-    max_eval_samples: int = 2000  # generated patches per on-demand evaluation (Compare page)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "JobLimits":
-        env = os.environ if env is None else env
-        hosted = env.get("DDPM_HOSTED", "1" if env.get("SPACE_ID") else "0").strip().lower() in ("1", "true", "yes", "on")
-        base = HOSTED_LIMITS if hosted else cls()
-        return replace(base,
-                       max_steps=_env_number(env, "DDPM_MAX_STEPS", base.max_steps, int),
-                       max_batch=_env_number(env, "DDPM_MAX_BATCH", base.max_batch, int),
-                       max_minutes=_env_number(env, "DDPM_MAX_MINUTES", base.max_minutes, float),
-                       heartbeat_timeout_s=_env_number(env, "DDPM_JOB_TIMEOUT_S", base.heartbeat_timeout_s, float),
-                       max_eval_samples=_env_number(env, "DDPM_MAX_EVAL", base.max_eval_samples, int))
+def remove_abandoned_roots(tmp: str | os.PathLike | None = None) -> list[Path]:
+    """Delete the run roots of servers that were killed before they could clean up; returns what was removed."""
+    removed = []
+    for root in Path(tmp or tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*"):
+        m = re.match(rf"{ROOT_PREFIX}(\d+)-", root.name)
+        if root.is_dir() and m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root)
+    return removed
 
 
-#: The caps on a shared 2-core Space: a few minutes of training, the two CPU-sized presets.
-HOSTED_LIMITS = JobLimits(hosted=True, max_steps=500, max_batch=64, max_minutes=15.0, presets=("seed", "small"),
-                          max_eval_samples=300)
-
-
-@dataclass(frozen=True)
-class TrainRequest:
-    """What a visitor asked for. ``schedule`` is a key of ``explain.SCHEDULES`` (None: the preset's);
-    a run from the pretrained model keeps that model's network and schedule."""
-
-    preset: str = "small"
-    steps: int = 200
-    batch_size: int = 32
-    lr: float = 5e-4
-    schedule: str | None = None
-    from_pretrained: bool = False
-    sample_every: int = 50
-    num_samples: int = 8
-    seed: int = 0
-
-    def validate(self, limits: JobLimits) -> None:
-        """Raise ValueError naming every setting outside what ``limits`` allow."""
-        problems = []
-        if self.preset not in limits.presets:
-            problems.append(f"preset must be one of {list(limits.presets)}, got {self.preset!r}")
-        if not 1 <= self.steps <= limits.max_steps:
-            problems.append(f"steps must be between 1 and {limits.max_steps:,}, got {self.steps}")
-        if not 1 <= self.batch_size <= limits.max_batch:
-            problems.append(f"batch size must be between 1 and {limits.max_batch}, got {self.batch_size}")
-        if not 0 < self.lr <= 0.1:
-            problems.append(f"learning rate must be in (0, 0.1], got {self.lr}")
-        if self.schedule is not None and self.schedule not in SCHEDULES:
-            problems.append(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        if self.from_pretrained and self.schedule is not None:
-            problems.append("a run from the pretrained model keeps its schedule; leave the schedule unset")
-        if not 1 <= self.sample_every <= 100_000 or not 1 <= self.num_samples <= 64:
-            problems.append("sample_every must be ≥ 1 and num_samples between 1 and 64")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-
-@dataclass(frozen=True)
-class JobSnapshot:
-    """A consistent copy of a job's state for the page to draw."""
-
-    id: str
-    owner: str
-    request: TrainRequest
-    status: str  # starting | running | stopping | finished | stopped | failed
-    message: str
-    step: int
-    max_steps: int
-    loss_steps: tuple[int, ...]
-    losses: tuple[float, ...]
-    images_per_sec: float
-    eta_s: float | None
-    started_at: float
-    finished_at: float | None
-    samples: np.ndarray | None  # (num_samples, H, W, 3) uint8 from the run's current sampling weights
-    samples_step: int | None
-    out_dir: Path
-    device: str
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE
-
-    @property
-    def has_checkpoint(self) -> bool:
-        return (self.out_dir / WEIGHTS_NAME).is_file()
-
-    @property
-    def ends_at(self) -> float | None:
-        """Expected end (Unix time) while running, the real end once done, None before the first step."""
-        if self.finished_at is not None:
-            return self.finished_at
-        return time.time() + self.eta_s if self.eta_s is not None else None
+def _shutdown_at_exit(ref: "weakref.ref[JobRegistry]") -> None:
+    registry = ref()
+    if registry is not None:
+        registry.shutdown(timeout=10.0)
 
 
 class JobBusyError(RuntimeError):
@@ -174,55 +74,28 @@ class JobBusyError(RuntimeError):
                          f"end {when}. One training job runs at a time on this server: try again then.")
 
 
-@dataclass
-class _Job:
-    id: str
-    owner: str
-    request: TrainRequest
-    out_dir: Path
-    started_at: float
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    status: str = "starting"
-    message: str = "preparing the data and the network"
-    step: int = 0
-    max_steps: int = 0
-    loss_steps: list[int] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-    images_per_sec: float = 0.0
-    eta_s: float | None = None
-    finished_at: float | None = None
-    samples: np.ndarray | None = None
-    samples_step: int | None = None
-    last_heartbeat: float = 0.0
-    stop_reason: str | None = None
-    device: str = "?"
-    thread: threading.Thread | None = None
-
-    def snapshot(self) -> JobSnapshot:
-        with self.lock:
-            return JobSnapshot(self.id, self.owner, self.request, self.status, self.message, self.step, self.max_steps,
-                               tuple(self.loss_steps), tuple(self.losses), self.images_per_sec, self.eta_s,
-                               self.started_at, self.finished_at, self.samples, self.samples_step, self.out_dir,
-                               self.device)
-
-
 class JobRegistry:
     """The server's training jobs: at most one active at a time, each in its own worker thread.
 
     ``images`` given to ``start`` are uint8 (N, 3, H, W); ``init`` is a loaded Checkpoint to fine-tune
     (it is only read: the trainer copies its weights).  Finished runs stay downloadable until their
-    owner starts another or ``keep_s`` passes.
+    owner starts another or ``keep_s`` (default: the limits' ``keep_runs_minutes``) passes.
     """
 
-    def __init__(self, limits: JobLimits | None = None, root: str | os.PathLike | None = None,
-                 device: str = "auto", keep_s: float = 3600.0):
-        self.limits = limits or JobLimits.from_env()
+    def __init__(self, limits: ServerLimits | None = None, root: str | os.PathLike | None = None,
+                 device: str = "auto", keep_s: float | None = None):
+        self.limits = limits or ServerLimits.from_env()
         self.device = device
-        self.keep_s = keep_s
+        self.keep_s = self.limits.keep_runs_minutes * 60 if keep_s is None else keep_s
         self._root = Path(root) if root is not None else None
-        self._jobs: dict[str, _Job] = {}
+        self._own_root = root is None  # a temporary root is ours to delete at shutdown
+        self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._janitor: threading.Thread | None = None
+        if self._own_root:
+            remove_abandoned_roots()
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     # ---- the page's side ----------------------------------------------------------------------
     def start(self, request: TrainRequest, owner: str, images: torch.Tensor, init: Checkpoint | None = None,
@@ -238,11 +111,15 @@ class JobRegistry:
             self._forget_old(owner)
             job_id = uuid.uuid4().hex[:8]
             out_dir = Path(tempfile.mkdtemp(prefix=f"run-{job_id}-", dir=self._root_dir()))
-            job = _Job(job_id, owner, request, out_dir, time.time(), max_steps=request.steps, last_heartbeat=time.time())
-            job.thread = threading.Thread(target=self._run, args=(job, images, init, data_source), daemon=True,
-                                          name=f"ddpm-train-{job_id}")
+            job = Job(job_id, owner, request, out_dir, time.time(), max_steps=request.steps, last_heartbeat=time.time())
+            job.thread = threading.Thread(target=run_job, args=(job, self.limits, self.device, images, init, data_source),
+                                          daemon=True, name=f"ddpm-train-{job_id}")
             self._jobs[job_id] = job
             job.thread.start()
+            cap = threading.Timer(self.limits.max_minutes * 60, job.request_stop, args=(time_cap_reason(self.limits),))
+            cap.daemon = True
+            cap.start()
+            self._start_janitor()
         return job.snapshot()
 
     def get(self, job_id: str | None) -> JobSnapshot | None:
@@ -265,7 +142,7 @@ class JobRegistry:
         """Ask the job to stop after the current step; it saves what it has and ends as "stopped"."""
         job = self._jobs.get(job_id)
         if job is not None:
-            self._request_stop(job, reason)
+            job.request_stop(reason)
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobSnapshot:
         """Block until the job has ended (or ``timeout`` seconds have passed); returns its snapshot."""
@@ -275,19 +152,42 @@ class JobRegistry:
         return job.snapshot()
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop every job, wait for the workers and delete every run folder."""
+        """Stop every job, wait for the workers and delete every run folder (and the root, if temporary)."""
+        self._closed.set()
         for job in list(self._jobs.values()):
-            self._request_stop(job, "the server is shutting down")
+            job.request_stop("the server is shutting down")
         for job in list(self._jobs.values()):
             if job.thread is not None:
                 job.thread.join(timeout)
             shutil.rmtree(job.out_dir, ignore_errors=True)
-        self._jobs.clear()
+        with self._lock:
+            self._jobs.clear()
+        if self._own_root and self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
 
-    # ---- the worker's side --------------------------------------------------------------------
+    def sweep(self) -> None:
+        """Delete the folders of runs that ended more than ``keep_s`` ago, whoever owns them."""
+        with self._lock:
+            now = time.time()
+            for job_id, job in list(self._jobs.items()):
+                if job.status not in ACTIVE and now - (job.finished_at or now) > self.keep_s:
+                    self._jobs.pop(job_id, None)  # gone from the books first, then from the disk
+                    shutil.rmtree(job.out_dir, ignore_errors=True)
+
+    # ---- bookkeeping --------------------------------------------------------------------------
+    def _start_janitor(self) -> None:
+        if self._janitor is None:
+            every = min(60.0, max(0.05, self.keep_s / 4))
+            self._janitor = threading.Thread(target=self._janitor_loop, args=(every,), daemon=True, name="ddpm-runs-janitor")
+            self._janitor.start()
+
+    def _janitor_loop(self, every: float) -> None:
+        while not self._closed.wait(every):
+            self.sweep()
+
     def _root_dir(self) -> Path:
         if self._root is None:
-            self._root = Path(tempfile.mkdtemp(prefix="ddpm-app-runs-"))
+            self._root = Path(tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-"))
         self._root.mkdir(parents=True, exist_ok=True)
         return self._root
 
@@ -298,144 +198,3 @@ class JobRegistry:
             if job.status not in ACTIVE and (job.owner == owner or now - (job.finished_at or now) > self.keep_s):
                 shutil.rmtree(job.out_dir, ignore_errors=True)
                 del self._jobs[job_id]
-
-    @staticmethod
-    def _request_stop(job: _Job, reason: str) -> None:
-        with job.lock:
-            if job.status in ACTIVE and not job.stop_event.is_set():
-                job.stop_reason = reason
-                job.status = "stopping"
-                job.stop_event.set()
-
-    def _expired(self, job: _Job) -> str | None:
-        now = time.time()
-        if now - job.last_heartbeat > self.limits.heartbeat_timeout_s:
-            return f"stopped because its page was closed (no sign of it for {self.limits.heartbeat_timeout_s:.0f} s)"
-        if self.limits.max_minutes and now - job.started_at > self.limits.max_minutes * 60:
-            return f"stopped at this server's limit of {self.limits.max_minutes:g} minutes per run"
-        return None
-
-    def _eta(self, job: _Job, p: TrainProgress) -> float:
-        """Seconds left: the trainer's estimate, or less when the time cap ends the run first."""
-        if self.limits.max_minutes is None:
-            return p.eta_s
-        return max(0.0, min(p.eta_s, job.started_at + self.limits.max_minutes * 60 - time.time()))
-
-    def _build_trainer(self, job: _Job, images: torch.Tensor, init: Checkpoint | None,
-                       data_source: str | None) -> Trainer:
-        req = job.request
-        preset = get_preset(req.preset)
-        if init is not None and req.from_pretrained:
-            model_cfg, sched_cfg, init_model = init.model_config, init.schedule_config, init.model
-        else:
-            model_cfg, init_model = preset.model, None
-            sched_cfg = SCHEDULES[req.schedule] if req.schedule else preset.schedule
-        # a short run keeps at most a fifth of itself for the learning-rate warm-up
-        train_cfg = replace(preset.train, max_steps=req.steps, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
-                            warmup_steps=min(preset.train.warmup_steps, req.steps // 5), checkpoint_every_s=60.0)
-        extra: dict[str, Any] = {"preset": req.preset,
-                                 "description": "trained in the PathMNIST Diffusion Studio app"
-                                                + (" from the pretrained model" if init_model is not None else "")}
-        if data_source:
-            extra["data"] = data_source
-        return Trainer(model_cfg, sched_cfg, train_cfg, images, out_dir=job.out_dir, device=self.device,
-                       init_model=init_model, extra_config=extra)
-
-    def _preview(self, job: _Job, trainer: Trainer) -> None:
-        """Samples from the run's current sampling weights (EMA if any), then back to training mode."""
-        req = job.request
-        model = trainer.sampling_model()
-        steps = min(PREVIEW_STEPS, trainer.schedule.num_timesteps)
-        images = to_hwc_numpy(generate(model, trainer.schedule, req.num_samples, PREVIEW_SAMPLER, steps, seed=req.seed))
-        trainer.model.train()
-        with job.lock:
-            job.samples, job.samples_step = images, trainer.step
-
-    def _run(self, job: _Job, images: torch.Tensor, init: Checkpoint | None, data_source: str | None) -> None:
-        req = job.request
-        try:
-            trainer = self._build_trainer(job, images, init, data_source)
-            with job.lock:
-                job.device = str(trainer.device)
-                if job.status == "starting":
-                    job.status, job.message = "running", f"training on {trainer.device.type.upper()}"
-
-            def on_progress(p: TrainProgress) -> None:
-                with job.lock:
-                    job.step, job.max_steps = p.step, p.max_steps
-                    job.loss_steps.append(p.step)
-                    job.losses.append(p.loss)
-                    job.images_per_sec, job.eta_s = p.images_per_sec, self._eta(job, p)
-                if p.step % req.sample_every == 0 or p.step == p.max_steps:
-                    self._preview(job, trainer)
-                reason = self._expired(job)
-                if reason:
-                    self._request_stop(job, reason)
-
-            result = trainer.train(callback=on_progress, stop_event=job.stop_event)
-            if job.samples_step != trainer.step:
-                self._preview(job, trainer)
-            with job.lock:
-                if result.stopped:
-                    job.status = "stopped"
-                    job.message = f"{job.stop_reason or 'stopped'} at step {result.steps:,}; what it learned is saved"
-                else:
-                    job.status, job.message = "finished", f"finished {result.steps:,} steps"
-        except NonFiniteLossError as err:
-            with job.lock:
-                job.status, job.message = "failed", str(err)
-        except Exception as err:  # the job's message is the only place a visitor can see what happened
-            log.exception("training job %s failed", job.id)
-            with job.lock:
-                saved = " The last checkpoint it saved is kept." if (job.out_dir / WEIGHTS_NAME).is_file() else ""
-                job.status, job.message = "failed", f"training failed: {type(err).__name__}: {err}.{saved}"
-        finally:
-            with job.lock:
-                job.finished_at, job.eta_s = time.time(), None
-
-
-class ResultCache:
-    """A thread-safe LRU of finished computations (e.g. sampling trajectories), shared by all visitors.
-
-    ``get_or_compute(key, fn)`` runs ``fn`` in the caller's thread at most once per key at a time; a
-    second caller with the same key waits for the first and gets its result.  Errors are not cached.
-    """
-
-    def __init__(self, max_entries: int = 32):
-        self.max_entries = max_entries
-        self._data: OrderedDict[Hashable, Any] = OrderedDict()
-        self._key_locks: dict[Hashable, threading.Lock] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> Any | None:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        return None
-
-    def __contains__(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._data
-
-    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:
-            with self._lock:
-                if key in self._data:
-                    return self._data[key]
-            value = compute()
-            with self._lock:
-                self._data[key] = value
-                while len(self._data) > self.max_entries:
-                    self._data.popitem(last=False)
-                self._key_locks.pop(key, None)
-        return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()

@@ -27,6 +27,20 @@ ETHICS = """\
 """
 
 
+def read_evaluation(folder: str | Path | None) -> dict | None:
+    """The ``evaluation.json`` report stored beside a checkpoint's weights, or None when there is none.
+
+    An unreadable file is an error that names it, never a silent None.
+    """
+    path = Path(folder) / EVALUATION_NAME if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} cannot be read ({err}); run a fresh evaluation or re-download it") from err
+
+
 def model_card(folder: str | Path, repo_id: str | None = None) -> str:
     """README.md text for the checkpoint in ``folder``."""
     folder = Path(folder)
@@ -57,9 +71,8 @@ def model_card(folder: str | Path, repo_id: str | None = None) -> str:
                   f"{'bf16' if train.get('bf16') else 'fp32'} on {train.get('device')}, {train.get('train_seconds', 0) / 3600:.1f} h."]
     if config.get("data"):
         lines.append(f"- Data: {config['data']}")
-    evaluation = folder / EVALUATION_NAME
-    if evaluation.is_file():
-        rep = json.loads(evaluation.read_text())
+    rep = read_evaluation(folder)
+    if rep is not None:
         m, floor = rep["metrics"], rep.get("floor", {})
         lines += ["", "## Evaluation", f"{rep['protocol']['n_generated']} samples "
                   f"({rep.get('sampling', {}).get('sampler', '?')}, {rep.get('sampling', {}).get('steps', '?')} steps) against "

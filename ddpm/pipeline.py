@@ -163,3 +163,8 @@ def trajectory(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: Sampl
         if callback is not None:
             callback(step.index + 1, total)
     return Trajectory(ts, np.stack(samples), np.stack(preds), sampler)
+
+
+def sampler_steps(schedule: NoiseSchedule, sampler: str, steps: int) -> int | None:
+    """The ``num_steps`` for a step setting: None for DDPM (it always runs all T steps), else ``steps`` within [1, T]."""
+    return None if sampler == "ddpm" else max(1, min(int(steps), schedule.num_timesteps))

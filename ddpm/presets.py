@@ -69,6 +69,14 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+#: The schedules a visitor can pick, by display name (all T = 200, the paper's T).
+SCHEDULES: dict[str, ScheduleConfig] = {
+    "linear (paper)": ScheduleConfig.paper(),
+    "cosine": ScheduleConfig(kind="cosine", zero_terminal_snr=False, prediction_type="epsilon"),
+    "cosine, zero terminal SNR": ScheduleConfig(),
+}
+
+
 def get_preset(name: str, image_size: int | None = None) -> Preset:
     """A preset by name, optionally re-sized (e.g. 64 for MedMNIST+ PathMNIST-64)."""
     if name not in PRESETS:

@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 
 from .config import ConfigMixin
+from .limits import MAX_TIMESTEPS
 
 ScheduleKind = Literal["linear", "cosine"]
 PredictionType = Literal["epsilon", "v_prediction"]
@@ -54,8 +55,8 @@ class ScheduleConfig(ConfigMixin):
             raise ValueError(f"schedule kind must be one of {SCHEDULE_KINDS}, got {self.kind!r}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
-        if not 2 <= self.num_timesteps <= 10_000:
-            raise ValueError(f"num_timesteps must be in [2, 10000], got {self.num_timesteps}")
+        if not 2 <= self.num_timesteps <= MAX_TIMESTEPS:
+            raise ValueError(f"num_timesteps = {self.num_timesteps} must be in [2, {MAX_TIMESTEPS}] (ddpm.limits)")
         if self.kind == "linear" and not 0 < self.beta_start < self.beta_end < 1:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
         if self.zero_terminal_snr and self.prediction_type == "epsilon":

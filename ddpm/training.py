@@ -31,6 +31,9 @@ from .schedules import NoiseSchedule, ScheduleConfig, min_snr_weight, q_sample, 
 from .unet import UNetConfig, build_unet, count_parameters, load_weights_from
 
 
+GPU_SYNC_EVERY = 25  # on a GPU the loss is read back (a device sync) only every this many steps
+
+
 @dataclass(frozen=True)
 class TrainConfig(ConfigMixin):
     optimizer: Literal["adam", "adamw"] = "adamw"
@@ -183,6 +186,7 @@ class Trainer:
             self.model = build_unet(model_config).to(self.device)
         if init_model is not None:
             load_weights_from(self.model, init_model.state_dict())
+        self.sync_every = 1 if self.device.type == "cpu" else GPU_SYNC_EVERY  # steps between reads of the loss
         self.channels_last = self.device.type == "cuda"  # measured: a win on GPUs, a loss on this CPU
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -271,7 +275,7 @@ class Trainer:
         checkpoint written stays as it was.
         """
         max_steps = max_steps or self.config.max_steps
-        sync_every = 1 if self.device.type == "cpu" else 25  # on GPU, read the loss back only now and then
+        sync_every = self.sync_every
         self.model.train()
         pending: list[tuple[int, torch.Tensor]] = []
         start, last_save, images_done, last_loss = time.time(), time.time(), 0, float("nan")

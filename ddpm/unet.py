@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigMixin
+from .limits import check_model_config
 
 Architecture = Literal["seed", "resunet"]
 
@@ -233,7 +234,8 @@ class ResUNet(nn.Module):
 
 
 def build_unet(config: UNetConfig) -> nn.Module:
-    """The network described by ``config``, with fresh weights."""
+    """The network described by ``config``, with fresh weights; a config beyond ``limits`` is refused first."""
+    check_model_config(config)
     return SeedUNet(config) if config.architecture == "seed" else ResUNet(config)
 
 

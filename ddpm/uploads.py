@@ -68,12 +68,13 @@ def load_upload(files: list[tuple[str, bytes]], image_size: int = 28, channels: 
         for name, data in found.items():
             (Path(tmp) / name).write_bytes(data)
         try:
+            model_cfg, _ = ckpt.configs_from(ckpt.read_config(Path(tmp)), Path(tmp))  # bounded, before any tensor
+            if model_cfg.image_size != image_size or model_cfg.in_channels != channels:
+                size = model_cfg.image_size
+                raise ckpt.CheckpointError(f"the uploaded model makes {model_cfg.in_channels}×{size}×{size} images; "
+                                           f"this app shows PathMNIST at {channels}×{image_size}×{image_size}")
             loaded = ckpt.load_local(tmp, source="your uploaded checkpoint")
         except ckpt.CheckpointError as err:  # name the upload, not the temporary folder
             raise ckpt.CheckpointError(str(err).replace(f"{tmp}/", "uploaded ").replace(tmp, "the upload")) from None
     loaded.path = None  # the temporary folder is gone
-    cfg = loaded.model_config
-    if cfg.image_size != image_size or cfg.in_channels != channels:
-        raise ckpt.CheckpointError(f"the uploaded model makes {cfg.in_channels}×{cfg.image_size}×{cfg.image_size} images; "
-                                   f"this app shows PathMNIST at {channels}×{image_size}×{image_size}")
     return loaded

@@ -16,7 +16,6 @@ per-visitor values live in ``st.session_state`` under these keys:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -28,9 +27,13 @@ import torch
 from streamlit.runtime.pages_manager import PagesManager
 
 from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError, load_checkpoint, load_local
+from ddpm.compute_gate import ComputeGate
 from ddpm.data import ImageSet, load_images, to_hwc_numpy
-from ddpm.jobs import JobLimits, JobRegistry, ResultCache
-from ddpm.pipeline import Trajectory, generate, trajectory
+from ddpm.jobs import JobRegistry
+from ddpm.model_card import EVALUATION_NAME, read_evaluation
+from ddpm.pipeline import Trajectory, generate, sampler_steps, trajectory
+from ddpm.result_cache import ResultCache
+from ddpm.server_limits import ServerLimits
 from ddpm.uploads import MAX_UPLOAD_BYTES, load_upload
 
 # Streamlit decides when it starts, from the mere presence of a pages/ folder beside app.py, to run sessions in its
@@ -78,7 +81,7 @@ def real_images() -> tuple[ImageSet, str | None]:
 
 @st.cache_resource
 def job_registry() -> JobRegistry:
-    return JobRegistry(JobLimits.from_env())
+    return JobRegistry(ServerLimits.from_env())
 
 
 @st.cache_resource
@@ -98,7 +101,13 @@ def tissue_encoder():
         return None, f"the tissue encoder is not available ({err})"
 
 
-def limits() -> JobLimits:
+@st.cache_resource
+def compute_gate() -> ComputeGate:
+    """The server-wide bound on sampling runs and evaluations computing at once."""
+    return ComputeGate(limits().max_compute)
+
+
+def limits() -> ServerLimits:
     return job_registry().limits
 
 
@@ -190,31 +199,47 @@ def evaluation_report(model: ActiveModel) -> tuple[dict | None, str | None]:
     if fresh is not None:
         return fresh, "your evaluation in this session"
     for folder in (model.checkpoint.path, SHIPPED_DIR / model.key.removeprefix("shipped:")):
-        path = Path(folder) / "evaluation.json" if folder is not None else None
-        if path is not None and path.is_file():
-            try:
-                return json.loads(path.read_text()), f"precomputed ({path.parent.name}/evaluation.json)"
-            except (OSError, json.JSONDecodeError) as err:
-                st.warning(f"{path} cannot be read ({err}); run a fresh evaluation instead.")
+        try:
+            stored = read_evaluation(folder)
+        except ValueError as err:
+            st.warning(str(err))
+            continue
+        if stored is not None:
+            return stored, f"precomputed ({Path(folder).name}/{EVALUATION_NAME})"
     return None, None
 
 
-def run_evaluation(model: ActiveModel, images, progress) -> dict:
-    """Score generated uint8 (N, 3, H, W) images; ``progress(fraction, message)``. Stores the report."""
-    from ddpm.evaluation.report import evaluate_images
+def run_evaluation(model: ActiveModel, n: int, progress) -> dict:
+    """Generate ``n`` patches and score them (``progress(fraction, message)``); stores the report for this visitor."""
+    from ddpm.evaluation.report import sample_and_evaluate
 
-    report = evaluate_images(images, callback=progress)
+    report, _ = sample_and_evaluate(model.checkpoint.model, model.checkpoint.schedule, n, "dpmpp", None, seed=1,
+                                    callback=progress)
     st.session_state.setdefault("evaluation", {})[model.key] = report
     return report
 
 
-# ---- cached sampling with a progress bar ------------------------------------------------------
+# ---- heavy computations: one line for the whole server, cached sampling with a progress bar ----
+def in_turn(compute, bar, text: str):
+    """``compute()`` once the server-wide compute gate lets it run; meanwhile ``bar`` says how many are ahead."""
+    gate = compute_gate()
+
+    def waiting(ahead: int) -> None:
+        bar.progress(0.0, text=f"Waiting for your turn: {ahead} computation{'s' if ahead != 1 else ''} ahead of yours "
+                               f"(this server runs {gate.slots} at a time)…")
+
+    with gate.slot(waiting):
+        bar.progress(0.0, text=text)
+        return compute()
+
+
 def _with_progress(key: tuple, text: str, compute):
     hit = results().get(key)
     if hit is not None:
         return hit
     bar = st.progress(0.0, text=text)
-    value = results().get_or_compute(key, lambda: compute(lambda done, total: bar.progress(done / total, text=f"{text} {done}/{total}")))
+    report = lambda done, total: bar.progress(done / total, text=f"{text} {done}/{total}")  # noqa: E731
+    value = results().get_or_compute(key, lambda: in_turn(lambda: compute(report), bar, text))
     bar.empty()
     return value
 
@@ -229,7 +254,7 @@ def cached_trajectory(model: ActiveModel, sampler: str, steps: int | None, seed:
 def cached_samples(model: ActiveModel, n: int, seed: int, sampler: str = "dpmpp", steps: int = 20) -> np.ndarray:
     """``n`` generated patches, uint8 (n, H, W, 3), computed once per (model, sampler, steps, seed, n)."""
     schedule = model.checkpoint.schedule
-    steps = None if sampler == "ddpm" else min(steps, schedule.num_timesteps)
+    steps = sampler_steps(schedule, sampler, steps)
     return _with_progress(("samples", model.key, sampler, steps, seed, n), "Sampling… step",
                           lambda cb: to_hwc_numpy(generate(model.checkpoint.model, schedule, n, sampler, steps, seed,
                                                            callback=cb)))

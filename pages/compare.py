@@ -1,13 +1,12 @@
 """Compare: generated against real patches, measured, with the real-versus-real floor and a memorization check."""
 import streamlit as st
 
-from ddpm.data import CLASS_NAMES, to_chw_tensor, to_hwc_numpy, to_uint8
+from ddpm.data import CLASS_NAMES, to_chw_tensor, to_hwc_numpy
 from ddpm.explain import patches_like, pick_patches
 from ddpm.figures import (class_histogram_figure, color_histogram_figure, memorization_figure, metrics_table_figure,
                           ratio_histogram_figure, side_by_side_figure)
-from ddpm.pipeline import generate
-from pages._shared import (cached_samples, evaluation_report, keep_training_alive, limits, model_picker, real_images,
-                           results, run_evaluation, show, tissue_encoder)
+from pages._shared import (cached_samples, evaluation_report, in_turn, keep_training_alive, limits, model_picker,
+                           real_images, results, run_evaluation, show, tissue_encoder)
 
 keep_training_alive()
 st.title("Compare")
@@ -66,9 +65,7 @@ with st.form("cmp_eval"):
 if submitted:
     bar = st.progress(0.0, text="Sampling…")
     try:
-        images = to_uint8(generate(model.checkpoint.model, model.checkpoint.schedule, n, "dpmpp", None, seed=1,
-                                   callback=lambda d, t: bar.progress(0.5 * d / t, text=f"Sampling… step {d}/{t}")))
-        run_evaluation(model, images, lambda f, msg: bar.progress(0.5 + 0.5 * f, text=f"Evaluating: {msg}"))
+        in_turn(lambda: run_evaluation(model, n, lambda f, msg: bar.progress(f, text=msg.capitalize())), bar, "Sampling…")
         st.rerun()
     except (ImportError, ValueError) as err:
         bar.empty()

@@ -2,8 +2,10 @@
 import streamlit as st
 
 from ddpm.data import image_grid
-from ddpm.export import png_bytes, trajectory_gif
+from ddpm.export import trajectory_gif
 from ddpm.figures import denoising_animation_figure, side_by_side_figure, trajectory_times
+from ddpm.imaging import png_bytes
+from ddpm.pipeline import sampler_steps
 from pages._shared import cached_trajectory, keep_training_alive, model_picker, results, show
 
 SAMPLER_LABELS = {"ddpm": "DDPM (ancestral, all T steps)", "ddim": "DDIM (deterministic)", "dpmpp": "DPM-Solver++ (2M)"}
@@ -27,7 +29,8 @@ with st.form("reverse_settings"):
     if st.form_submit_button("Generate", type="primary"):
         settings.update(sampler=sampler, steps=steps, seed=int(seed), n=n)
 
-run = (settings["sampler"], None if settings["sampler"] == "ddpm" else settings["steps"], settings["seed"], settings["n"])
+run = (settings["sampler"], sampler_steps(model.checkpoint.schedule, settings["sampler"], settings["steps"]),
+       settings["seed"], settings["n"])
 traj = cached_trajectory(model, *run)
 animation = results().get_or_compute(("animation", model.key, *run),
                                      lambda: denoising_animation_figure(traj.samples, traj.pred_x0, traj.timesteps))

@@ -33,9 +33,8 @@ with st.sidebar:
     lr = st.number_input("Learning rate", 1e-6, 0.1, PRESETS["small"].train.lr, step=1e-4, format="%.1e", key="train_lr")
     sample_every = st.number_input("Preview samples every N steps", 1, 100_000, 50, key="train_sample_every")
     start = st.button("Start training", type="primary", key="train_start")
-    if lim.hosted:
-        st.caption(f"On this shared server a run is capped at {lim.max_steps:,} steps, batch {lim.max_batch}"
-                   f"{f' and {lim.max_minutes:g} minutes' if lim.max_minutes else ''}.")
+    st.caption(f"On this {'shared ' if lim.hosted else ''}server a run is capped at {lim.max_steps:,} steps, "
+               f"batch {lim.max_batch} and {lim.max_minutes:g} minutes.")
 if data_warning:
     st.info(f"Training data: the {real.source} (the full PathMNIST file is not on this server).")
 

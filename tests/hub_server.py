@@ -70,7 +70,9 @@ class FakeHub:
     """An in-memory Hub: model repos as {path: bytes}, served by a threaded HTTP server."""
 
     def __init__(self) -> None:
-        self.repos: dict[str, dict[str, bytes]] = {}
+        self.repos: dict[str, dict[str, bytes]] = {}  # the main revision's files
+        self.snapshots: dict[str, dict[str, dict[str, bytes]]] = {}  # repo -> commit -> files, every commit kept
+        self.tags: dict[tuple[str, str], str] = {}  # (repo, tag) -> commit
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
         self.routes: list[tuple[str, re.Pattern, Handler]] = []
         self._server: ThreadingHTTPServer | None = None
@@ -84,7 +86,17 @@ class FakeHub:
 
     # ---- repos --------------------------------------------------------------------------------
     def add_repo(self, repo_id: str, files: dict[str, bytes] | None = None) -> None:
+        """Create the repo, or replace its main revision's files (a new commit; earlier ones stay resolvable)."""
         self.repos[repo_id] = dict(files or {})
+        self._remember(repo_id)
+
+    def _remember(self, repo_id: str) -> None:
+        self.snapshots.setdefault(repo_id, {})[self.commit_of(repo_id)] = dict(self.repos[repo_id])
+
+    def tag(self, repo_id: str, name: str) -> str:
+        """Tag the repo's current commit; returns the commit."""
+        self.tags[(repo_id, name)] = commit = self.commit_of(repo_id)
+        return commit
 
     def add_folder(self, repo_id: str, folder: str | Path) -> None:
         """Publish every file of a local folder (e.g. a checkpoint) as the repo's main revision."""
@@ -120,12 +132,13 @@ class FakeHub:
         repo_id, revision, filename = m["repo_id"], m["revision"], m["filename"]
         if repo_id not in self.repos:
             return Response.error(404, "RepoNotFound", f"Repository Not Found for {repo_id}")
-        commit = self.commit_of(repo_id)
-        if revision not in ("main", commit):
+        commit = self.commit_of(repo_id) if revision == "main" else self.tags.get((repo_id, revision), revision)
+        files = self.snapshots[repo_id].get(commit)
+        if files is None:
             return Response.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-        if filename not in self.repos[repo_id]:
+        if filename not in files:
             return Response.error(404, "EntryNotFound", f"{filename} does not exist", {"X-Repo-Commit": commit})
-        data = self.repos[repo_id][filename]
+        data = files[filename]
         return Response(200, data, {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
                                     "Content-Type": "application/octet-stream"})
 
@@ -158,6 +171,7 @@ class FakeHub:
                 self.repos[repo_id].pop(item["value"]["path"], None)
             elif item["key"] != "header":
                 return Response.error(400, "BadRequest", f"fake hub cannot apply {item['key']!r} operations")
+        self._remember(repo_id)
         commit = self.commit_of(repo_id)
         return Response.json({"commitUrl": f"{self.url}/{repo_id}/commit/{commit}", "commitOid": commit})
 

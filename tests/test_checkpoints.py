@@ -163,6 +163,12 @@ def test_checkpoints_are_safetensors_and_json_and_load_without_pickle(make_tiny_
 
 
 # ---- the Hub ---------------------------------------------------------------------------------
+def publish(hub, name: str, folder: Path) -> None:
+    """Publish a shipped model's folder to its Hub repo and tag it with the revision HUB_REPOS pins."""
+    hub.add_folder(HUB_REPOS[name].repo_id, folder)
+    hub.tag(HUB_REPOS[name].repo_id, HUB_REPOS[name].revision)
+
+
 def test_a_repo_id_is_downloaded_from_the_hub(fake_hub, make_tiny_checkpoint, tmp_path, probe_input):
     folder, model = make_tiny_checkpoint(tmp_path / "published")
     fake_hub.add_folder("owner/name", folder)
@@ -199,7 +205,7 @@ def test_a_corrupt_hub_checkpoint_is_reported_not_replaced_by_the_shipped_copy(f
                                                                                monkeypatch):
     published, _ = make_tiny_checkpoint(tmp_path / "published")
     (published / WEIGHTS_NAME).write_bytes(b"garbage" * 100)
-    fake_hub.add_folder(HUB_REPOS["default"], published)
+    publish(fake_hub, "default", published)
     monkeypatch.setattr(checkpoints, "SHIPPED_DIR", tmp_path / "shipped")
     make_tiny_checkpoint(tmp_path / "shipped" / "default")
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
@@ -210,10 +216,44 @@ def test_the_default_model_comes_from_its_hub_repo_when_the_hub_is_up(fake_hub, 
     monkeypatch.setattr(checkpoints, "SHIPPED_DIR", tmp_path / "shipped")
     make_tiny_checkpoint(tmp_path / "shipped" / "default", seed=0)
     published, model = make_tiny_checkpoint(tmp_path / "published", seed=1)
-    fake_hub.add_folder(HUB_REPOS["default"], published)
+    publish(fake_hub, "default", published)
     loaded = load_checkpoint()
     assert loaded.source == f"Hugging Face Hub {HUB_REPOS['default']}"
+    assert str(HUB_REPOS["default"]) == f"{HUB_REPOS['default'].repo_id}@{HUB_REPOS['default'].revision}"
     assert_same_weights(loaded.model, model)
+
+
+def test_a_new_push_to_main_does_not_change_what_the_pinned_default_serves(fake_hub, make_tiny_checkpoint, tmp_path):
+    pinned, model = make_tiny_checkpoint(tmp_path / "pinned", seed=1)
+    publish(fake_hub, "default", pinned)
+    newer, newer_model = make_tiny_checkpoint(tmp_path / "newer", seed=2)
+    fake_hub.add_folder(HUB_REPOS["default"].repo_id, newer)  # someone pushes other weights to main
+    assert_same_weights(load_checkpoint("default").model, model)
+    assert_same_weights(load_checkpoint(HUB_REPOS["default"].repo_id).model, model)  # its repo id keeps the pin
+    moved = load_checkpoint(f"{HUB_REPOS['default'].repo_id}@main")  # naming another revision is explicit
+    assert moved.source.endswith("@main")
+    assert_same_weights(moved.model, newer_model)
+
+
+def test_a_pinned_revision_the_hub_lacks_falls_back_to_the_shipped_copy_and_says_so(fake_hub, make_tiny_checkpoint,
+                                                                                    tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints, "SHIPPED_DIR", tmp_path / "shipped")
+    _, shipped = make_tiny_checkpoint(tmp_path / "shipped" / "default", seed=0)
+    published, _ = make_tiny_checkpoint(tmp_path / "published", seed=1)
+    fake_hub.add_folder(HUB_REPOS["default"].repo_id, published)  # on main only, never tagged
+    loaded = load_checkpoint("default")
+    assert loaded.source.startswith("shipped copy") and f"{HUB_REPOS['default']} (RevisionNotFoundError)" in loaded.source
+    assert_same_weights(loaded.model, shipped)
+
+
+def test_ddpm_model_may_name_another_repo_and_revision(fake_hub, make_tiny_checkpoint, tmp_path):
+    first, first_model = make_tiny_checkpoint(tmp_path / "first", seed=1)
+    fake_hub.add_folder("someone/else", first)
+    commit = fake_hub.commit_of("someone/else")
+    fake_hub.add_folder("someone/else", make_tiny_checkpoint(tmp_path / "second", seed=2)[0])
+    loaded = load_checkpoint(f"someone/else@{commit}")
+    assert loaded.source == f"Hugging Face Hub someone/else@{commit}"
+    assert_same_weights(loaded.model, first_model)
 
 
 def test_with_the_hub_down_the_default_model_falls_back_to_the_shipped_copy(make_tiny_checkpoint, tmp_path, monkeypatch):
@@ -226,7 +266,7 @@ def test_with_the_hub_down_the_default_model_falls_back_to_the_shipped_copy(make
     assert loaded.warnings and "could not be reached" in loaded.warnings[0]  # the fallback is reported, not hidden
     assert_same_weights(loaded.model, model)
     # the shipped model's repo id falls back the same way
-    assert load_checkpoint(HUB_REPOS["default"]).source.startswith("shipped copy")
+    assert load_checkpoint(HUB_REPOS["default"].repo_id).source.startswith("shipped copy")
 
 
 def test_with_the_hub_down_and_nothing_shipped_the_error_says_how_to_train_one(tmp_path, monkeypatch):

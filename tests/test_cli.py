@@ -123,10 +123,133 @@ def test_out_of_range_step_counts_are_refused_not_silently_replaced(trained_run,
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--preset", "huge"], "unknown preset 'huge'"),
     (["--preset", "seed", "--batch-size", "5000"], "1800 images cannot fill one batch of 5000; lower --batch-size"),
+    (["--preset", "seed", "--epochs", "1", "--batch-size", "5000"], "1800 images cannot fill one step of 5000"),
 ])
 def test_train_with_bad_settings_exits_non_zero_before_training(tmp_path, capsys, args, message):
     assert main(["train", "--subset", "--out", str(tmp_path / "run"), "--device", "cpu", *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_preset_is_refused_by_the_parser_naming_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--subset", "--out", "x", "--preset", "huge"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'huge'" in err and all(name in err for name in ("seed", "small", "large", "gpu"))
+
+
+def test_the_clis_preset_names_are_the_presets():
+    from ddpm.cli_options import PRESET_NAMES, SAMPLER_NAMES
+    from ddpm.presets import PRESETS
+    from ddpm.samplers import SAMPLERS
+
+    assert PRESET_NAMES == tuple(PRESETS) and set(SAMPLER_NAMES) == set(SAMPLERS)
+
+
+# ---- outputs, resume, init-from, precision --------------------------------------------------------
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_an_out_that_cannot_be_written_is_a_clear_error_before_any_work(command, capsys):
+    assert main([command, "--out", "/proc/nope/x.npz", "-n", "50"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write into /proc/nope") and "choose an --out" in err
+    assert "model from" not in err  # refused before loading anything
+
+
+def test_the_write_check_leaves_no_folder_behind(tmp_path):
+    from ddpm.cli_options import writable_folder
+
+    writable_folder(tmp_path / "a" / "b")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_refuses_flags_that_contradict_the_runs_config_listing_each(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(["train", "--subset", "--out", str(run), "--resume", "--timesteps", "100", "--batch-size", "32",
+                 "--prediction", "v_prediction", "--preset", "small"]) == 2
+    err = capsys.readouterr().err
+    for part in ("--timesteps 100 (the run has num_timesteps = 200)", "--batch-size 32 (the run has batch_size = 16)",
+                 "--prediction v_prediction (the run has prediction_type = 'epsilon')",
+                 "--preset small (the run has preset = 'seed')", "Drop them, or train into a new --out"):
+        assert part in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_resume_takes_the_runs_config_as_the_truth_without_repeating_its_flags(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    # no --preset seed, no --batch-size 16: the defaults (small, 128) would contradict the run, its config wins
+    proc = run_cli("train", "--subset", "--out", str(run), "--resume", "--steps", "4", "--batch-size", "16",
+                   "--device", "cpu", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((run / CONFIG_NAME).read_text())
+    assert config["preset"] == "seed" and config["model"]["architecture"] == "seed"
+    assert (config["training"]["steps"], config["training"]["batch_size"]) == (4, 16)
+
+
+def test_init_from_a_checkpoint_of_another_architecture_is_a_clear_error(trained_run, tmp_path):
+    proc = run_cli("train", "--preset", "small", "--subset", "--init-from", str(trained_run), "--steps", "1",
+                   "--out", str(tmp_path / "run"), "--device", "cpu", "--threads", "1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: the weights do not fit this network")
+    assert "--init-from needs a checkpoint of the same architecture" in proc.stderr
+
+
+def test_sample_says_its_precision_and_fp32_repeats_bit_for_bit(trained_run, tmp_path, capsys):
+    for name in ("a", "b"):
+        assert main(["sample", "--checkpoint", str(trained_run), "-n", "2", "--steps", "2", "--seed", "3",
+                     "--out", str(tmp_path / name), "--device", "cpu", "--threads", "1"]) == 0
+    assert "precision: fp32 (--precision fp32; same images on any CPU for the same seed), 1 CPU thread(s)" \
+        in capsys.readouterr().err
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert np.array_equal(a["images"], b["images"])
+    assert main(["sample", "--checkpoint", str(trained_run), "-n", "1", "--steps", "2", "--precision", "bf16",
+                 "--out", str(tmp_path / "c"), "--device", "cpu"]) == 0
+    assert "precision: bf16 autocast (--precision bf16" in capsys.readouterr().err
+
+
+def test_steps_for_epochs_counts_the_data_once_per_epoch_whatever_the_ranks():
+    from ddpm.cli import steps_for_epochs
+
+    assert steps_for_epochs(1, 1800, 100, 1) == 18
+    assert steps_for_epochs(1, 1800, 100, 2) == 9  # two ranks take 200 images a step
+    assert steps_for_epochs(2.5, 1800, 100, 2) == 22
+
+
+# ---- --help -----------------------------------------------------------------------------------------
+COMMANDS = ["train", "sample", "info", "pack-data", "download", "evaluate", "train-encoder", "push"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_of_every_command_has_help_its_default_and_examples(command, capsys):
+    from ddpm.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    parser = sub.choices[command]
+    for action in parser._actions:
+        assert action.help, f"{command} {action.option_strings or action.dest} has no help line"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for action in parser._actions:
+        if action.option_strings and action.default not in (None, False, "==SUPPRESS=="):
+            assert "default" in (action.help or "") or f"(default: {action.default})" in " ".join(text.split())
+        if action.choices is not None and action.metavar is None:
+            assert "{" + ",".join(map(str, action.choices)) + "}" in text
+    examples = text.split("examples:")[1].strip().splitlines()
+    assert 2 <= len(examples) <= 4 and all(line.strip().startswith(("python -m ddpm", "torchrun")) for line in examples)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["sample", "--help"], ["train", "--help"], ["evaluate", "--help"]])
+def test_help_imports_neither_torch_nor_numpy(args):
+    script = ("import runpy, sys\n"
+              f"sys.argv = ['ddpm', *{args!r}]\n"
+              "try:\n    runpy.run_module('ddpm', run_name='__main__', alter_sys=True)\n"
+              "except SystemExit:\n    pass\n"
+              "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stderr.strip().splitlines()[-1] == "[]"
+    assert "usage: python -m ddpm" in proc.stdout

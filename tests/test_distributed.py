@@ -81,3 +81,28 @@ def test_a_two_rank_run_resumes_in_one_process(two_rank_run):
     trainer.train(max_steps=5)
     state = json.loads((run / "training_state.json").read_text())
     assert state["step"] == 5 and state["world_size"] == 1 and state["images_seen"] == 3 * 8 + 2 * 4
+
+
+def _cli_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One torchrun rank of `python -m ddpm train --epochs 1`: the environment torchrun sets, then the CLI."""
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    from ddpm.cli import main
+
+    code = main(["train", "--preset", "seed", "--subset", "--epochs", "1", "--batch-size", "100", "--device", "cpu",
+                 "--threads", "1", "--out", out])
+    if code:
+        raise SystemExit(code)
+
+
+def test_epochs_under_two_ranks_means_that_many_passes_over_the_data_not_twice_as_many(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_cli_worker, args=(2, port, str(tmp_path / "run")), nprocs=2, join=True)
+    training = json.loads((tmp_path / "run" / "config.json").read_text())["training"]
+    # 1,800 subset patches, 2 ranks × 100 a step: one epoch is 9 steps (18 would be two epochs)
+    assert (training["steps"], training["world_size"], training["epochs"]) == (9, 2, 1.0)
+    assert training["images_seen"] == 1800

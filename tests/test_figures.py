@@ -15,7 +15,8 @@ from ddpm.checkpoints import CheckpointError, make_config, save_checkpoint
 from ddpm.data import CLASS_NAMES, ImageSet
 from ddpm.explain import (SCHEDULES, diffuse, patches_like, pick_patches, preset_comparison, schedule_name,
                           signal_and_noise)
-from ddpm.export import checkpoint_zip, png_bytes, trajectory_gif
+from ddpm.export import checkpoint_zip, trajectory_gif
+from ddpm.imaging import png_bytes
 from ddpm.schedules import NoiseSchedule, ScheduleConfig
 from ddpm.uploads import load_upload
 

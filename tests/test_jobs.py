@@ -1,24 +1,32 @@
 """The training-job registry and the shared result cache (ddpm.jobs), with tiny runs of the seed preset."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from ddpm.checkpoints import Checkpoint, load_local, make_config
-from ddpm.jobs import HOSTED_LIMITS, JobBusyError, JobLimits, JobRegistry, ResultCache, TrainRequest
+from ddpm.jobs import ROOT_PREFIX, JobBusyError, JobRegistry, remove_abandoned_roots
+from ddpm.result_cache import ResultCache
+from ddpm.server_limits import HOSTED_LIMITS, ServerLimits
+from ddpm.train_request import TrainRequest
 from ddpm.presets import get_preset
 from ddpm.unet import build_unet
 
+ROOT = Path(__file__).resolve().parent.parent
 SEED = get_preset("seed")
 TINY = dict(preset="seed", batch_size=4, lr=1e-3, sample_every=2, num_samples=2)
 
 
 @pytest.fixture
 def registry(tmp_path):
-    reg = JobRegistry(JobLimits(), root=tmp_path / "runs", device="cpu")
+    reg = JobRegistry(ServerLimits(), root=tmp_path / "runs", device="cpu")
     yield reg
     reg.shutdown()
 
@@ -56,9 +64,9 @@ def test_a_job_trains_in_the_background_and_publishes_losses_samples_and_a_check
 
 
 def test_one_job_at_a_time_and_the_busy_error_says_whose_and_when(registry, tiny_images):
-    first = registry.start(TrainRequest(steps=100_000, **TINY), "visitor a", tiny_images)
+    first = registry.start(TrainRequest(steps=20_000, **TINY), "visitor a", tiny_images)
     _wait_until(lambda: registry.get(first.id).step >= 2)
-    with pytest.raises(JobBusyError, match=r"visitor a is training a model \(step [\d,]+ of 100,000\); it should end around") as err:
+    with pytest.raises(JobBusyError, match=r"visitor a is training a model \(step [\d,]+ of 20,000\); it should end around") as err:
         registry.start(TrainRequest(steps=4, **TINY), "visitor b", tiny_images)
     assert err.value.holder.id == first.id
     registry.stop(first.id)
@@ -70,19 +78,19 @@ def test_one_job_at_a_time_and_the_busy_error_says_whose_and_when(registry, tiny
 
 
 def test_a_job_whose_page_stopped_polling_ends_by_itself(tmp_path, tiny_images):
-    reg = JobRegistry(JobLimits(heartbeat_timeout_s=0.3), root=tmp_path, device="cpu")
+    reg = JobRegistry(ServerLimits(heartbeat_timeout_s=0.3), root=tmp_path, device="cpu")
     try:
-        snap = reg.start(TrainRequest(steps=100_000, **TINY), "visitor a", tiny_images)
+        snap = reg.start(TrainRequest(steps=20_000, **TINY), "visitor a", tiny_images)
         done = reg.wait(snap.id, timeout=60)
-        assert done.status == "stopped" and "page was closed" in done.message and done.step < 100_000
+        assert done.status == "stopped" and "page was closed" in done.message and done.step < 20_000
     finally:
         reg.shutdown()
 
 
 def test_heartbeats_keep_a_job_alive(tmp_path, tiny_images):
-    reg = JobRegistry(JobLimits(heartbeat_timeout_s=1.0), root=tmp_path, device="cpu")
+    reg = JobRegistry(ServerLimits(heartbeat_timeout_s=1.0), root=tmp_path, device="cpu")
     try:
-        snap = reg.start(TrainRequest(steps=100_000, **TINY), "visitor a", tiny_images)
+        snap = reg.start(TrainRequest(steps=20_000, **TINY), "visitor a", tiny_images)
         for _ in range(30):  # 1.5 s of polling, longer than the timeout
             reg.heartbeat(snap.id)
             time.sleep(0.05)
@@ -92,13 +100,73 @@ def test_heartbeats_keep_a_job_alive(tmp_path, tiny_images):
 
 
 def test_the_hosted_time_cap_ends_a_run_with_a_message(tmp_path, tiny_images):
-    reg = JobRegistry(JobLimits(max_minutes=0.002), root=tmp_path, device="cpu")
+    reg = JobRegistry(ServerLimits(max_minutes=0.002), root=tmp_path, device="cpu")
     try:
-        snap = reg.start(TrainRequest(steps=100_000, **TINY), "visitor a", tiny_images)
+        snap = reg.start(TrainRequest(steps=20_000, **TINY), "visitor a", tiny_images)
         done = reg.wait(snap.id, timeout=60)
         assert done.status == "stopped" and "limit of 0.002 minutes" in done.message
     finally:
         reg.shutdown()
+
+
+def test_the_time_cap_frees_the_slot_even_when_a_step_never_reports(tmp_path, tiny_images, monkeypatch):
+    from ddpm import job_worker
+    from ddpm.training import TrainResult
+
+    def silent_train(self, callback=None, stop_event=None, max_steps=None):  # one endless step: no progress report
+        stop_event.wait(60)
+        return TrainResult(self.step, stop_event.is_set(), float("nan"), 0.0, self.out_dir)
+
+    monkeypatch.setattr(job_worker.Trainer, "train", silent_train)
+    reg = JobRegistry(ServerLimits(max_minutes=0.005), root=tmp_path, device="cpu")
+    try:
+        snap = reg.start(TrainRequest(steps=20_000, **TINY), "visitor a", tiny_images)
+        done = reg.wait(snap.id, timeout=60)
+        assert done.status == "stopped" and "limit of 0.005 minutes" in done.message
+        assert reg.active() is None
+    finally:
+        reg.shutdown()
+
+
+def test_a_finished_runs_folder_is_deleted_after_a_while_without_anyone_starting_another(tmp_path, tiny_images):
+    reg = JobRegistry(ServerLimits(), root=tmp_path, device="cpu", keep_s=2.0)
+    try:
+        done = reg.wait(reg.start(TrainRequest(steps=1, **TINY), "visitor a", tiny_images).id, timeout=60)
+        assert done.status == "finished"
+        _wait_until(lambda: reg.get(done.id) is None, timeout=30)
+        assert not done.out_dir.exists()
+    finally:
+        reg.shutdown()
+
+
+def test_run_folders_are_deleted_when_the_server_process_exits(tmp_path):
+    script = (
+        "import torch\n"
+        "from ddpm.jobs import JobRegistry\n"
+        "from ddpm.server_limits import ServerLimits\n"
+        "from ddpm.train_request import TrainRequest\n"
+        "reg = JobRegistry(ServerLimits(), device='cpu')\n"
+        "images = torch.randint(0, 256, (8, 3, 28, 28), dtype=torch.uint8)\n"
+        "snap = reg.start(TrainRequest(preset='seed', steps=20000, batch_size=4, sample_every=1000), 'a', images)\n"
+        "import time\n"
+        "while not reg.get(snap.id).step: time.sleep(0.05)\n"
+        "print(snap.out_dir.parent, flush=True)\n"  # then exit with the job still running
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    root = Path(out.stdout.strip())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert root.parent == tmp_path and root.name.startswith(ROOT_PREFIX)
+    assert not root.exists()
+
+
+def test_the_run_folders_of_a_killed_server_are_deleted_by_the_next_one(tmp_path):
+    dead = tmp_path / f"{ROOT_PREFIX}{2**22 + 12345}-abc"  # above Linux's default pid_max: no such process
+    (dead / "run-x").mkdir(parents=True)
+    alive = tmp_path / f"{ROOT_PREFIX}{os.getpid()}-abc"
+    alive.mkdir()
+    assert remove_abandoned_roots(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists()
 
 
 def test_a_nan_loss_fails_the_job_with_the_trainers_message(registry, tiny_images):
@@ -134,9 +202,9 @@ def test_requests_outside_the_limits_are_refused_naming_the_allowed_values(regis
     with pytest.raises(ValueError, match=r"preset must be one of \['seed', 'small'\]"):
         TrainRequest(preset="large").validate(HOSTED_LIMITS)
     with pytest.raises(ValueError, match="schedule must be one of"):
-        TrainRequest(schedule="sigmoid").validate(JobLimits())
+        TrainRequest(schedule="sigmoid").validate(ServerLimits())
     with pytest.raises(ValueError, match="keeps its schedule"):
-        TrainRequest(schedule="cosine", from_pretrained=True).validate(JobLimits())
+        TrainRequest(schedule="cosine", from_pretrained=True).validate(ServerLimits())
     with pytest.raises(ValueError, match="needs the pretrained checkpoint"):
         registry.start(TrainRequest(steps=2, from_pretrained=True, **TINY), "visitor a", tiny_images)
     assert registry.active() is None
@@ -148,20 +216,33 @@ def test_a_chosen_schedule_is_the_one_the_run_trains_with(registry, tiny_images)
     assert load_local(done.out_dir).schedule_config.kind == "cosine"
 
 
+def test_every_limit_is_bounded_without_any_environment_and_stricter_when_hosted():
+    local, hosted = ServerLimits.from_env({}), ServerLimits.from_env({"DDPM_HOSTED": "1"})
+    assert local == ServerLimits() and not local.hosted
+    numbers = ("max_steps", "max_batch", "max_minutes", "heartbeat_timeout_s", "max_eval_samples", "max_compute",
+               "keep_runs_minutes")
+    for name in numbers:
+        assert 0 < getattr(local, name) < float("inf") and getattr(hosted, name) <= getattr(local, name), name
+    assert local.max_steps <= 20_000 and local.max_minutes <= 120  # the large preset cannot run for ever
+    assert set(hosted.presets) < set(local.presets)
+    with pytest.raises(ValueError, match="DDPM_MAX_MINUTES='inf' must be a positive number"):
+        ServerLimits.from_env({"DDPM_MAX_MINUTES": "inf"})
+
+
 def test_hosted_caps_come_from_the_environment():
-    assert JobLimits.from_env({}) == JobLimits()
-    hosted = JobLimits.from_env({"DDPM_HOSTED": "1"})
+    hosted = ServerLimits.from_env({"DDPM_HOSTED": "1"})
     assert hosted.hosted and hosted.max_steps == 500 and hosted.max_batch == 64 and hosted.max_minutes == 15
-    assert JobLimits.from_env({"SPACE_ID": "someone/space"}).hosted  # on a Hugging Face Space by default
-    assert not JobLimits.from_env({"SPACE_ID": "someone/space", "DDPM_HOSTED": "0"}).hosted
-    custom = JobLimits.from_env({"DDPM_HOSTED": "1", "DDPM_MAX_STEPS": "50", "DDPM_MAX_BATCH": "16",
-                                 "DDPM_MAX_MINUTES": "2.5", "DDPM_JOB_TIMEOUT_S": "30", "DDPM_MAX_EVAL": "100"})
-    assert (custom.max_steps, custom.max_batch, custom.max_minutes, custom.heartbeat_timeout_s, custom.max_eval_samples) \
-        == (50, 16, 2.5, 30.0, 100)
+    assert ServerLimits.from_env({"SPACE_ID": "someone/space"}).hosted  # on a Hugging Face Space by default
+    assert not ServerLimits.from_env({"SPACE_ID": "someone/space", "DDPM_HOSTED": "0"}).hosted
+    custom = ServerLimits.from_env({"DDPM_HOSTED": "1", "DDPM_MAX_STEPS": "50", "DDPM_MAX_BATCH": "16",
+                                    "DDPM_MAX_MINUTES": "2.5", "DDPM_JOB_TIMEOUT_S": "30", "DDPM_MAX_EVAL": "100",
+                                    "DDPM_MAX_COMPUTE": "3", "DDPM_KEEP_RUNS_MIN": "5"})
+    assert (custom.max_steps, custom.max_batch, custom.max_minutes, custom.heartbeat_timeout_s, custom.max_eval_samples,
+            custom.max_compute, custom.keep_runs_minutes) == (50, 16, 2.5, 30.0, 100, 3, 5.0)
     with pytest.raises(ValueError, match="DDPM_MAX_STEPS='many' must be a positive number"):
-        JobLimits.from_env({"DDPM_MAX_STEPS": "many"})
+        ServerLimits.from_env({"DDPM_MAX_STEPS": "many"})
     with pytest.raises(ValueError, match="DDPM_MAX_BATCH='0'"):
-        JobLimits.from_env({"DDPM_MAX_BATCH": "0"})
+        ServerLimits.from_env({"DDPM_MAX_BATCH": "0"})
 
 
 def test_starting_again_deletes_the_owners_previous_run_and_shutdown_deletes_all(registry, tiny_images):

@@ -144,3 +144,14 @@ def test_the_fake_hub_rejects_a_card_whose_front_matter_is_not_yaml(fake_hub, ma
     with pytest.raises(ValueError, match="Invalid metadata in README.md"):
         push_to_hub(folder, "owner/bad-card", token="hf_test")
     assert "README.md" not in fake_hub.repos.get("owner/bad-card", {})
+
+
+def test_a_stored_evaluation_is_read_and_an_unreadable_one_is_an_error_naming_it(tmp_path):
+    from ddpm.model_card import EVALUATION_NAME, read_evaluation
+
+    assert read_evaluation(tmp_path) is None and read_evaluation(None) is None
+    (tmp_path / EVALUATION_NAME).write_text('{"metrics": {"fd": 1.5}}')
+    assert read_evaluation(tmp_path) == {"metrics": {"fd": 1.5}}
+    (tmp_path / EVALUATION_NAME).write_text("{broken")
+    with pytest.raises(ValueError, match=f"{tmp_path / EVALUATION_NAME} cannot be read"):
+        read_evaluation(tmp_path)

@@ -212,6 +212,38 @@ def test_min_snr_weight_is_min_snr_gamma_over_the_implicit_x0_weight():
     assert torch.all(w_v[1:] >= w_v[:-1])  # weight grows as the SNR falls
 
 
+def test_min_snr_for_v_prediction_caps_the_implicit_x0_weight_snr_plus_1_so_snr_0_keeps_its_training_signal():
+    """Why v uses min(SNR + 1, γ)/(SNR + 1) and not Hang et al.'s min(SNR, γ)/(SNR + 1).
+
+    x̂₀ = √ᾱ x_t − √(1−ᾱ) v̂, so ‖v̂ − v‖² = ‖x̂₀ − x₀‖² / (1 − ᾱ) = (SNR + 1)·‖x̂₀ − x₀‖²: a v-loss is an x̂₀-loss
+    weighted SNR + 1.  Min-SNR caps that weight at γ.  Hang et al.'s min(SNR, γ)/(SNR + 1) caps SNR instead and,
+    on a zero-terminal-SNR schedule, gives weight 0 at t = T: the step the sampler starts from (pure noise) would
+    never be trained.  Capping SNR + 1 keeps weight 1 there and differs from Hang et al. only where SNR < γ.
+    """
+    gamma, T = 5.0, 200
+    sched = NoiseSchedule.from_config(ScheduleConfig(kind="linear", zero_terminal_snr=False, prediction_type="v_prediction"))
+    # ᾱ by hand, in plain Python floats, for three steps: high SNR, SNR near γ, low SNR
+    betas = [1e-4 + (0.02 - 1e-4) * i / (T - 1) for i in range(T)]
+    for t in (0, 40, 150):
+        abar = math.prod(1 - b for b in betas[:t + 1])
+        snr = abar / (1 - abar)
+        expected = min(snr + 1, gamma) / (snr + 1)
+        assert min_snr_weight(sched, torch.tensor([t]), gamma).item() == pytest.approx(expected, rel=1e-5)
+    # the identity behind it, on tensors: weight · v-loss = min(SNR + 1, γ) · x̂₀-loss for any prediction
+    g = torch.Generator().manual_seed(0)
+    x0, noise, v_hat = (torch.randn(3, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    t = torch.tensor([0, 40, 150])
+    x_t = q_sample(sched, x0, t, noise)
+    v_loss = ((v_hat - v_target(sched, x0, noise, t)) ** 2).mean((1, 2, 3))
+    x0_loss = ((x0_from_v(sched, x_t, t, v_hat) - x0) ** 2).mean((1, 2, 3))
+    snr = sched.snr[t]
+    torch.testing.assert_close(min_snr_weight(sched, t, gamma).double() * v_loss, (snr + 1).clamp(max=gamma) * x0_loss,
+                               rtol=1e-5, atol=0)
+    # at SNR 0 (zero terminal SNR, t = T) the weight is 1 where Hang et al.'s would be 0
+    zt = NoiseSchedule.from_config(ScheduleConfig())
+    assert zt.snr[-1].item() == 0 and min_snr_weight(zt, torch.tensor([T - 1]), gamma).item() == 1.0
+
+
 @pytest.mark.parametrize("cfg, diffusers_kwargs", [
     (ScheduleConfig.paper(), {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}),
     (ScheduleConfig(zero_terminal_snr=False), {"beta_schedule": "squaredcos_cap_v2"}),

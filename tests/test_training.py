@@ -170,6 +170,55 @@ def test_non_finite_loss_raises_naming_the_step_and_leaves_the_last_checkpoint_u
     assert file_bytes(tmp_path) == saved  # same files, byte for byte, and no temp files
 
 
+def test_with_loss_reads_every_4_steps_a_nan_is_caught_at_the_next_read_naming_the_step_it_began(make_trainer, tmp_path,
+                                                                                                   monkeypatch):
+    """The CUDA path reads losses back every ``sync_every`` steps: a NaN at step 6 is only seen at the read after
+    step 8.  Steps 6 to 8 were applied to the weights in memory, so nothing is saved after them: the error names
+    step 6 and the checkpoint on disk stays the one written at the read after step 4."""
+    trainer = make_trainer(tmp_path, checkpoint_every_s=0.0)
+    trainer.sync_every = 4
+    real_step = trainer.train_step
+
+    def poisoned(step: int) -> torch.Tensor:
+        if step == 5:  # the 6th step: a weight goes bad, every loss from here on is NaN
+            with torch.no_grad():
+                trainer.model.conv_in.weight[0, 0, 0, 0] = float("nan")
+        return real_step(step)
+
+    monkeypatch.setattr(trainer, "train_step", poisoned)
+    seen = []
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 6; .*\(step 4\) was kept"):
+        trainer.train(callback=lambda p: seen.append(p.step), max_steps=12)
+    assert seen == [4] and trainer.step == 8  # one report before the NaN; caught at the read after step 8
+    state = json.loads((tmp_path / ckpt.STATE_CONFIG_NAME).read_text())
+    saved = load_checkpoint(tmp_path).model
+    assert state["step"] == 4 and all(torch.isfinite(p).all() for p in saved.parameters())
+    assert [int(r["step"]) for r in log_rows(tmp_path)] == [1, 2, 3, 4]  # no NaN row reaches the log
+
+
+def test_an_ema_update_moves_each_weight_by_one_minus_the_warmed_up_decay(tiny_config):
+    from ddpm.training import EMA
+    from ddpm.unet import build_unet
+
+    torch.manual_seed(0)
+    model = build_unet(tiny_config)
+    ema = EMA(model, decay=0.9)
+    start = [p.detach().clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    live = [p.detach().clone() for p in model.parameters()]
+    ema.update(model, step=0)  # warm-up: d = min(0.9, (1 + 0)/(10 + 0)) = 0.1
+    for e, s0, m in zip(ema.model.parameters(), start, live):
+        torch.testing.assert_close(e, 0.1 * s0 + 0.9 * m)
+    after_first = [p.detach().clone() for p in ema.model.parameters()]
+    ema.update(model, step=1000)  # (1 + 1000)/(10 + 1000) > 0.9: the decay itself
+    for e, s1, m in zip(ema.model.parameters(), after_first, live):
+        torch.testing.assert_close(e, 0.9 * s1 + 0.1 * m)
+    assert all(torch.equal(p, m) for p, m in zip(model.parameters(), live))  # the live model is only read
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
 def test_non_finite_loss_without_an_output_folder_says_nothing_was_saved(make_trainer, monkeypatch):
     import ddpm.training
 

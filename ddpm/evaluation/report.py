@@ -197,30 +197,54 @@ def evaluation_panel(generated_hwc: np.ndarray, data: ReferenceData, report: dic
     return np.concatenate([top, np.full((12, top.shape[1], 3), 255, np.uint8), bottom])
 
 
+def sample_and_evaluate(model: torch.nn.Module, schedule, n: int, sampler: str = "dpmpp", num_steps: int | None = None,
+                        seed: int = 0, data: ReferenceData | None = None, encoder: TissueEncoder | None = None,
+                        progress: bool = False, callback=None, precision: str = "auto") -> tuple[dict, torch.Tensor]:
+    """Generate ``n`` patches with ``model`` and score them: (report with its "sampling" section, uint8 (n, 3, H, W)).
+
+    The one sample-then-score flow of the CLI, the app and bench: ``callback(fraction, message)``
+    follows both halves (sampling to 0.5, scoring to 1).
+    """
+    from ..data import to_uint8
+    from ..pipeline import generate, num_model_calls
+
+    tell = callback or (lambda f, m: None)
+    t0 = time.time()
+    images = to_uint8(generate(model, schedule, n, sampler, num_steps, seed, progress=progress, precision=precision,
+                               callback=lambda done, total: tell(0.5 * done / total, f"sampling: step {done}/{total}")))
+    seconds = time.time() - t0
+    report = evaluate_images(images, data, encoder, seed=seed, progress=progress,
+                             callback=lambda f, message: tell(0.5 + 0.5 * f, f"evaluating: {message}"))
+    report["sampling"] = {"sampler": sampler, "steps": num_model_calls(schedule, sampler, num_steps), "seed": seed,
+                          "seconds": round(seconds, 1), "seconds_per_1000": round(seconds * 1000 / n, 1),
+                          "device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),
+                          "precision": precision}
+    return report, images
+
+
 def evaluate_checkpoint(args) -> dict:
     """``python -m ddpm evaluate``: sample, time, score, write ``OUT.json`` and ``OUT.png``."""
     from ..checkpoints import load_checkpoint
-    from ..data import to_hwc_numpy, to_uint8
-    from ..export import save_png
-    from ..pipeline import generate, num_model_calls
+    from ..data import to_hwc_numpy
     from ..device import resolve_device
+    from ..export import save_png
 
+    from ..cli_options import say_precision, writable_folder
+
+    out = Path(args.out)
+    writable_folder(out.parent)
+    device = resolve_device(args.device)
+    say_precision(args, device)
     ckpt = load_checkpoint(args.checkpoint)
     print(f"model from {ckpt.source}")
     data = load_reference(args.data_dir)
     if data.note:
         print(f"warning: {data.note}")
     encoder = load_encoder(args.encoder)
-    model = ckpt.model.to(resolve_device(args.device))
-    t0 = time.time()
-    images = to_uint8(generate(model, ckpt.schedule, args.n, args.sampler, args.steps, args.seed, progress=True))
-    seconds = time.time() - t0
-    report = evaluate_images(images, data, encoder, seed=args.seed, progress=True)
-    report["sampling"] = {"checkpoint": ckpt.source, "sampler": args.sampler,
-                          "steps": num_model_calls(ckpt.schedule, args.sampler, args.steps), "seed": args.seed,
-                          "seconds": round(seconds, 1), "seconds_per_1000": round(seconds * 1000 / args.n, 1),
-                          "device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads()}
-    out = Path(args.out)
+    model = ckpt.model.to(device)
+    report, images = sample_and_evaluate(model, ckpt.schedule, args.n, args.sampler, args.steps, args.seed, data, encoder,
+                                         progress=True, precision=args.precision)
+    report["sampling"] = {"checkpoint": ckpt.source, **report["sampling"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     save_png(evaluation_panel(to_hwc_numpy(images), data, report), out.with_suffix(".png"), scale=2)

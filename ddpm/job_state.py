@@ -1,0 +1,95 @@
+"""A training job's state: the mutable record its worker updates, and the snapshots a page reads."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoints import WEIGHTS_NAME
+from .train_request import TrainRequest
+
+ACTIVE = ("starting", "running", "stopping")
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A consistent copy of a job's state for the page to draw."""
+
+    id: str
+    owner: str
+    request: TrainRequest
+    status: str  # starting | running | stopping | finished | stopped | failed
+    message: str
+    step: int
+    max_steps: int
+    loss_steps: tuple[int, ...]
+    losses: tuple[float, ...]
+    images_per_sec: float
+    eta_s: float | None
+    started_at: float
+    finished_at: float | None
+    samples: np.ndarray | None  # (num_samples, H, W, 3) uint8 from the run's current sampling weights
+    samples_step: int | None
+    out_dir: Path
+    device: str
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return (self.out_dir / WEIGHTS_NAME).is_file()
+
+    @property
+    def ends_at(self) -> float | None:
+        """Expected end (Unix time) while running, the real end once done, None before the first step."""
+        if self.finished_at is not None:
+            return self.finished_at
+        return time.time() + self.eta_s if self.eta_s is not None else None
+
+
+@dataclass
+class Job:
+    """The live record of one run; every field is read and written under ``lock``."""
+
+    id: str
+    owner: str
+    request: TrainRequest
+    out_dir: Path
+    started_at: float
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    status: str = "starting"
+    message: str = "preparing the data and the network"
+    step: int = 0
+    max_steps: int = 0
+    loss_steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    images_per_sec: float = 0.0
+    eta_s: float | None = None
+    finished_at: float | None = None
+    samples: np.ndarray | None = None
+    samples_step: int | None = None
+    last_heartbeat: float = 0.0
+    stop_reason: str | None = None
+    device: str = "?"
+    thread: threading.Thread | None = None
+
+    def snapshot(self) -> JobSnapshot:
+        with self.lock:
+            return JobSnapshot(self.id, self.owner, self.request, self.status, self.message, self.step, self.max_steps,
+                               tuple(self.loss_steps), tuple(self.losses), self.images_per_sec, self.eta_s,
+                               self.started_at, self.finished_at, self.samples, self.samples_step, self.out_dir,
+                               self.device)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the worker to stop after the current step; it saves what it has and ends as "stopped"."""
+        with self.lock:
+            if self.status in ACTIVE and not self.stop_event.is_set():
+                self.stop_reason = reason
+                self.status = "stopping"
+                self.stop_event.set()

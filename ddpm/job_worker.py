@@ -1,0 +1,123 @@
+"""The worker thread of a training job: builds a Trainer on its own copy of the weights, trains,
+publishes progress and preview samples into the job's record, and never touches the UI.
+
+A run ends at its steps, when its owner stops it, when nobody has polled it for
+``heartbeat_timeout_s`` (the visitor left), at the server's time cap, or on an error (NaN loss
+included); the error becomes the job's message and the last saved checkpoint is kept.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from .checkpoints import WEIGHTS_NAME, Checkpoint
+from .data import to_hwc_numpy
+from .job_state import Job
+from .pipeline import generate
+from .presets import SCHEDULES, get_preset
+from .server_limits import ServerLimits
+from .training import NonFiniteLossError, Trainer, TrainProgress
+
+log = logging.getLogger(__name__)
+
+PREVIEW_SAMPLER, PREVIEW_STEPS = "dpmpp", 20
+
+
+def expired(job: Job, limits: ServerLimits) -> str | None:
+    """Why the job must stop now (its page was closed, or the time cap passed), or None."""
+    now = time.time()
+    if now - job.last_heartbeat > limits.heartbeat_timeout_s:
+        return f"stopped because its page was closed (no sign of it for {limits.heartbeat_timeout_s:.0f} s)"
+    if now - job.started_at > limits.max_minutes * 60:
+        return time_cap_reason(limits)
+    return None
+
+
+def time_cap_reason(limits: ServerLimits) -> str:
+    return f"stopped at this server's limit of {limits.max_minutes:g} minutes per run"
+
+
+def eta(job: Job, p: TrainProgress, limits: ServerLimits) -> float:
+    """Seconds left: the trainer's estimate, or less when the time cap ends the run first."""
+    return max(0.0, min(p.eta_s, job.started_at + limits.max_minutes * 60 - time.time()))
+
+
+def build_trainer(job: Job, images: torch.Tensor, init: Checkpoint | None, data_source: str | None,
+                  device: str) -> Trainer:
+    req = job.request
+    preset = get_preset(req.preset)
+    if init is not None and req.from_pretrained:
+        model_cfg, sched_cfg, init_model = init.model_config, init.schedule_config, init.model
+    else:
+        model_cfg, init_model = preset.model, None
+        sched_cfg = SCHEDULES[req.schedule] if req.schedule else preset.schedule
+    # a short run keeps at most a fifth of itself for the learning-rate warm-up
+    train_cfg = replace(preset.train, max_steps=req.steps, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
+                        warmup_steps=min(preset.train.warmup_steps, req.steps // 5), checkpoint_every_s=60.0)
+    extra: dict[str, Any] = {"preset": req.preset,
+                             "description": "trained in the PathMNIST Diffusion Studio app"
+                                            + (" from the pretrained model" if init_model is not None else "")}
+    if data_source:
+        extra["data"] = data_source
+    return Trainer(model_cfg, sched_cfg, train_cfg, images, out_dir=job.out_dir, device=device,
+                   init_model=init_model, extra_config=extra)
+
+
+def preview(job: Job, trainer: Trainer) -> None:
+    """Samples from the run's current sampling weights (EMA if any), then back to training mode."""
+    req = job.request
+    model = trainer.sampling_model()
+    steps = min(PREVIEW_STEPS, trainer.schedule.num_timesteps)
+    images = to_hwc_numpy(generate(model, trainer.schedule, req.num_samples, PREVIEW_SAMPLER, steps, seed=req.seed))
+    trainer.model.train()
+    with job.lock:
+        job.samples, job.samples_step = images, trainer.step
+
+
+def run_job(job: Job, limits: ServerLimits, device: str, images: torch.Tensor, init: Checkpoint | None,
+            data_source: str | None) -> None:
+    """The body of a job's thread: train, keep the record current, end with a status and a message."""
+    req = job.request
+    try:
+        trainer = build_trainer(job, images, init, data_source, device)
+        with job.lock:
+            job.device = str(trainer.device)
+            if job.status == "starting":
+                job.status, job.message = "running", f"training on {trainer.device.type.upper()}"
+
+        def on_progress(p: TrainProgress) -> None:
+            with job.lock:
+                job.step, job.max_steps = p.step, p.max_steps
+                job.loss_steps.append(p.step)
+                job.losses.append(p.loss)
+                job.images_per_sec, job.eta_s = p.images_per_sec, eta(job, p, limits)
+            if p.step % req.sample_every == 0 or p.step == p.max_steps:
+                preview(job, trainer)
+            reason = expired(job, limits)
+            if reason:
+                job.request_stop(reason)
+
+        result = trainer.train(callback=on_progress, stop_event=job.stop_event)
+        if job.samples_step != trainer.step:
+            preview(job, trainer)
+        with job.lock:
+            if result.stopped:
+                job.status = "stopped"
+                job.message = f"{job.stop_reason or 'stopped'} at step {result.steps:,}; what it learned is saved"
+            else:
+                job.status, job.message = "finished", f"finished {result.steps:,} steps"
+    except NonFiniteLossError as err:
+        with job.lock:
+            job.status, job.message = "failed", str(err)
+    except Exception as err:  # the job's message is the only place a visitor can see what happened
+        log.exception("training job %s failed", job.id)
+        with job.lock:
+            saved = " The last checkpoint it saved is kept." if (job.out_dir / WEIGHTS_NAME).is_file() else ""
+            job.status, job.message = "failed", f"training failed: {type(err).__name__}: {err}.{saved}"
+    finally:
+        with job.lock:
+            job.finished_at, job.eta_s = time.time(), None

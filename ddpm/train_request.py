@@ -1,0 +1,43 @@
+"""A visitor's request for a training run, checked against the server's limits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .presets import SCHEDULES
+from .server_limits import ServerLimits
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What a visitor asked for. ``schedule`` is a key of ``presets.SCHEDULES`` (None: the preset's);
+    a run from the pretrained model keeps that model's network and schedule."""
+
+    preset: str = "small"
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 5e-4
+    schedule: str | None = None
+    from_pretrained: bool = False
+    sample_every: int = 50
+    num_samples: int = 8
+    seed: int = 0
+
+    def validate(self, limits: ServerLimits) -> None:
+        """Raise ValueError naming every setting outside what ``limits`` allow."""
+        problems = []
+        if self.preset not in limits.presets:
+            problems.append(f"preset must be one of {list(limits.presets)}, got {self.preset!r}")
+        if not 1 <= self.steps <= limits.max_steps:
+            problems.append(f"steps must be between 1 and {limits.max_steps:,}, got {self.steps}")
+        if not 1 <= self.batch_size <= limits.max_batch:
+            problems.append(f"batch size must be between 1 and {limits.max_batch}, got {self.batch_size}")
+        if not 0 < self.lr <= 0.1:
+            problems.append(f"learning rate must be in (0, 0.1], got {self.lr}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.from_pretrained and self.schedule is not None:
+            problems.append("a run from the pretrained model keeps its schedule; leave the schedule unset")
+        if not 1 <= self.sample_every <= 100_000 or not 1 <= self.num_samples <= 64:
+            problems.append("sample_every must be ≥ 1 and num_samples between 1 and 64")
+        if problems:
+            raise ValueError("; ".join(problems))
