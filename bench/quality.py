@@ -162,7 +162,8 @@ def samples_for(row: Row, n: int, seed: int, fresh: bool, shard: tuple[int, int]
     if count == 1:
         cached = None if fresh else _read_cache(path, fingerprint)
         if cached is None:
-            shards = sorted(SAMPLES.glob(cache_path(name, n, seed, "shard*of*").name))
+            shards = sorted(SAMPLES.glob(cache_path(name, n, seed, "shard*of*").name),
+                            key=lambda p: int(re.search(r"shard(\d+)of", p.name).group(1)))
             parts = [_read_cache(p, fingerprint) for p in shards] if shards and not fresh else []
             total = int(re.search(r"of(\d+)", shards[0].name).group(1)) if shards else 0
             if parts and len(parts) == total and all(parts):

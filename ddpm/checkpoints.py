@@ -54,8 +54,9 @@ class HubModel:
 
 
 #: Where the shipped models live on the Hub, each at the revision that holds the weights in checkpoints/<name>
-#: (tagged by its training step when pushed); offline, or when that revision cannot be had, checkpoints/<name>.
-HUB_REPOS = {"default": HubModel("pathmnist-studio/ddpm-pathmnist", "step-6011"),
+#: (tagged by its training step, and "gpu-" where a GPU trained it, when pushed); offline, or when that revision
+#: cannot be had, checkpoints/<name>.
+HUB_REPOS = {"default": HubModel("pathmnist-studio/ddpm-pathmnist", "gpu-step-8400"),
              "seed": HubModel("pathmnist-studio/ddpm-pathmnist-seed", "step-1406")}
 
 

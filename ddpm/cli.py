@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .cli_options import (PRECISIONS, PRESET_NAMES, SAMPLER_NAMES, HelpFormatter, add_reproducibility, examples,
+from .cli_options import (PRECISIONS, PRESET_NAMES, HelpFormatter, add_reproducibility, add_sampling_options, examples,
                           say_precision, writable_folder)
 
 
@@ -63,15 +63,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                                         "python -m ddpm sample --precision bf16 --threads 2 -n 1000 --out many"))
     p.add_argument("--checkpoint", default=None, help="folder, shipped name (default, seed) or Hub repo id[@revision] "
                    "(default: the shipped default model)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="DDPM (ancestral, all T steps), DDIM or DPM-Solver++(2M) "
-                   "(default: the checkpoint's recommended one, else dpmpp)")
-    p.add_argument("--steps", type=int, help="sampler steps (DDPM always uses all T; default: the checkpoint's "
-                   "recommended, else 20)")
-    p.add_argument("--class", dest="tissue", metavar="NAME|INDEX|prior",
-                   help="tissue-conditional models: the tissue to generate (a name such as 'adipose', a unique prefix, "
-                        "an index 0-8) or 'prior' (default: draws from the training split's class frequencies)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale s: uncond + s·(cond − uncond); 0 = "
-                   "unconditional, 1 = plain conditional (default: the checkpoint's recommended, chosen by its guidance sweep)")
+    add_sampling_options(p)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 ancestral)")
     p.add_argument("-n", type=int, default=64, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise and of every sampler draw")
@@ -276,7 +268,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .checkpoints import load_checkpoint
     from .data import image_grid, to_hwc_numpy
     from .export import save_png
-    from .pipeline import generate, recommended_sampling, resolve_classes
+    from .cli_options import describe_sampling, sampling_settings
+    from .pipeline import generate
     from .device import resolve_device
 
     out = Path(args.out)
@@ -285,16 +278,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     say_precision(args, device)
     ckpt = load_checkpoint(args.checkpoint)
-    rec = recommended_sampling(ckpt.config)
-    sampler = args.sampler or rec["sampler"]
-    steps = args.steps if args.steps is not None else (None if sampler == "ddpm" else rec["steps"])
-    conditional = ckpt.model_config.num_classes is not None
-    if not conditional and (args.guidance is not None or args.tissue not in (None, "prior")):
-        raise ValueError(f"{ckpt.source} is an unconditional model: --class and --guidance need a tissue-conditional one")
-    guidance = (args.guidance if args.guidance is not None else rec["guidance"]) if conditional else 1.0
-    classes = resolve_classes(ckpt.model_config.num_classes, args.n, args.tissue, args.seed) if conditional else None
-    print(f"model from {ckpt.source}; {sampler} {steps or 'all'} steps"
-          + (f", class {args.tissue or 'prior'}, guidance {guidance:g}" if conditional else ", unconditional"), file=sys.stderr)
+    sampler, steps, classes, guidance = sampling_settings(args, ckpt, args.n, args.seed)
+    print(f"model from {ckpt.source}; {describe_sampling(sampler, steps, classes, guidance, args.tissue)}", file=sys.stderr)
     model = ckpt.model.to(device)
     images = to_hwc_numpy(generate(model, ckpt.schedule, args.n, sampler, steps, args.seed, args.batch_size, args.eta,
                                    progress=True, precision=args.precision, classes=classes, guidance=guidance))

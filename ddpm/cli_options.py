@@ -34,6 +34,39 @@ def add_reproducibility(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
 
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """--sampler, --steps, --class and --guidance; unset, each takes the checkpoint's recommendation (``sampling_settings``)."""
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="DDPM (ancestral, all T steps), DDIM or DPM-Solver++(2M) "
+                   "(default: the checkpoint's recommended one, else dpmpp)")
+    p.add_argument("--steps", type=int, help="sampler steps (DDPM always uses all T; default: the checkpoint's "
+                   "recommended, else 20)")
+    p.add_argument("--class", dest="tissue", metavar="NAME|INDEX|prior",
+                   help="tissue-conditional models: the tissue to generate (a name such as 'adipose', a unique prefix, "
+                        "an index 0-8) or 'prior' (default: draws from the training split's class frequencies)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale s: uncond + s·(cond − uncond); 0 = "
+                   "unconditional, 1 = plain conditional (default: the checkpoint's recommended, chosen by its guidance sweep)")
+
+
+def sampling_settings(args: argparse.Namespace, ckpt, n: int, seed: int) -> tuple[str, int | None, object, float]:
+    """(sampler, steps, classes (n,) tensor or None, guidance) from the options and the checkpoint's recommendation;
+    --class or --guidance for an unconditional model is a ValueError."""
+    from .pipeline import recommended_sampling, resolve_classes
+
+    rec = recommended_sampling(ckpt.config)
+    sampler = args.sampler or rec["sampler"]
+    steps = args.steps if args.steps is not None else (None if sampler == "ddpm" else rec["steps"])
+    num_classes = ckpt.model_config.num_classes
+    if num_classes is None and (args.guidance is not None or args.tissue not in (None, "prior")):
+        raise ValueError(f"{ckpt.source} is an unconditional model: --class and --guidance need a tissue-conditional one")
+    guidance = (args.guidance if args.guidance is not None else rec["guidance"]) if num_classes is not None else 1.0
+    return sampler, steps, resolve_classes(num_classes, n, args.tissue, seed), guidance
+
+
+def describe_sampling(sampler: str, steps: int | None, classes, guidance: float, tissue: str | None) -> str:
+    what = f"{sampler} {steps or 'all'} steps"
+    return what + (f", class {tissue or 'prior'}, guidance {guidance:g}" if classes is not None else ", unconditional")
+
+
 def writable_folder(folder: Path) -> None:
     """Check, before any work, that files can be written in ``folder``; a ValueError saying what to do if not.
 

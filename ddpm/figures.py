@@ -32,6 +32,7 @@ METRIC_INFO: dict[str, tuple[str, str]] = {
     "density": ("density", "about 1 is ideal"),
     "coverage": ("coverage", "higher is better"),
     "class_tv": ("tissue-mix distance (TV)", "lower is better"),
+    "conditional_accuracy": ("asked-for tissue recognised (share)", "higher is better"),
     "memorization_share": ("share of near-copies (pixels)", "lower is better"),
     "memorization_share_encoder": ("share of near-copies (encoder)", "lower is better"),
 }
@@ -75,6 +76,26 @@ def side_by_side_figure(left_hwc: np.ndarray, right_hwc: np.ndarray, left_title:
     fig.add_trace(_image_trace(_grid(right_hwc, ncols), right_title), 1, 2)
     fig.update_layout(height=height, margin=dict(l=0, r=0, t=40, b=0), showlegend=False)
     return _hide_axes(fig)
+
+
+def tissue_rows_figure(generated_hwc: np.ndarray, real_hwc: np.ndarray, class_names: Sequence[str], per_class: int,
+                       left_title: str = "generated", right_title: str = "real") -> go.Figure:
+    """One row per tissue: ``per_class`` generated patches of it beside as many real ones, the tissue named at left.
+
+    generated_hwc, real_hwc: (len(class_names) · per_class, H, W, 3) uint8, grouped by class in ``class_names`` order.
+    """
+    expected = len(class_names) * per_class
+    if len(generated_hwc) != expected or len(real_hwc) != expected:
+        raise ValueError(f"need {expected} patches on each side ({len(class_names)} tissues × {per_class}), "
+                         f"got {len(generated_hwc)} generated and {len(real_hwc)} real")
+    fig = side_by_side_figure(generated_hwc, real_hwc, left_title, right_title, ncols=per_class,
+                              height=70 + 52 * len(class_names))
+    h, pad = generated_hwc.shape[1], 2
+    for row, name in enumerate(class_names):
+        fig.add_annotation(x=0, y=pad + row * (h + pad) + h / 2, xref="x", yref="y", text=name, showarrow=False,
+                           xanchor="right", font=dict(size=11))
+    fig.update_layout(margin=dict(l=150, r=0, t=40, b=0))
+    return fig
 
 
 def schedule_curves_figure(schedules: Mapping[str, NoiseSchedule], t: int | None = None,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .checkpoints import WEIGHTS_NAME, Checkpoint
-from .data import to_hwc_numpy
+from .data import CLASS_NAMES, to_hwc_numpy
 from .job_state import Job
 from .pipeline import generate
 from .presets import SCHEDULES, get_preset
@@ -24,7 +24,7 @@ from .training import NonFiniteLossError, Trainer, TrainProgress
 
 log = logging.getLogger(__name__)
 
-PREVIEW_SAMPLER, PREVIEW_STEPS = "dpmpp", 20
+PREVIEW_SAMPLER, PREVIEW_STEPS, PREVIEW_GUIDANCE = "dpmpp", 20, 1.0
 
 
 def expired(job: Job, limits: ServerLimits) -> str | None:
@@ -47,7 +47,7 @@ def eta(job: Job, p: TrainProgress, limits: ServerLimits) -> float:
 
 
 def build_trainer(job: Job, images: torch.Tensor, init: Checkpoint | None, data_source: str | None,
-                  device: str) -> Trainer:
+                  device: str, labels: torch.Tensor | None = None) -> Trainer:
     req = job.request
     preset = get_preset(req.preset)
     if init is not None and req.from_pretrained:
@@ -55,6 +55,10 @@ def build_trainer(job: Job, images: torch.Tensor, init: Checkpoint | None, data_
     else:
         model_cfg, init_model = preset.model, None
         sched_cfg = SCHEDULES[req.schedule] if req.schedule else preset.schedule
+    if req.conditional and model_cfg.num_classes is None:  # from unconditional weights: the class embedding starts at 0
+        model_cfg = replace(model_cfg, num_classes=len(CLASS_NAMES))
+    if model_cfg.num_classes is not None and labels is None:
+        raise ValueError("a tissue-conditional run needs the patches' labels")
     # a short run keeps at most a fifth of itself for the learning-rate warm-up
     train_cfg = replace(preset.train, max_steps=req.steps, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
                         warmup_steps=min(preset.train.warmup_steps, req.steps // 5), checkpoint_every_s=60.0)
@@ -63,8 +67,11 @@ def build_trainer(job: Job, images: torch.Tensor, init: Checkpoint | None, data_
                                             + (" from the pretrained model" if init_model is not None else "")}
     if data_source:
         extra["data"] = data_source
+    if model_cfg.num_classes is not None:
+        extra["class_names"] = list(CLASS_NAMES)
     return Trainer(model_cfg, sched_cfg, train_cfg, images, out_dir=job.out_dir, device=device,
-                   init_model=init_model, extra_config=extra)
+                   init_model=init_model, extra_config=extra,
+                   labels=labels if model_cfg.num_classes is not None else None)
 
 
 def preview(job: Job, trainer: Trainer) -> None:
@@ -72,18 +79,19 @@ def preview(job: Job, trainer: Trainer) -> None:
     req = job.request
     model = trainer.sampling_model()
     steps = min(PREVIEW_STEPS, trainer.schedule.num_timesteps)
-    images = to_hwc_numpy(generate(model, trainer.schedule, req.num_samples, PREVIEW_SAMPLER, steps, seed=req.seed))
+    images = to_hwc_numpy(generate(model, trainer.schedule, req.num_samples, PREVIEW_SAMPLER, steps, seed=req.seed,
+                                   guidance=PREVIEW_GUIDANCE))  # a conditional run: tissues drawn from the prior
     trainer.model.train()
     with job.lock:
         job.samples, job.samples_step = images, trainer.step
 
 
 def run_job(job: Job, limits: ServerLimits, device: str, images: torch.Tensor, init: Checkpoint | None,
-            data_source: str | None) -> None:
+            data_source: str | None, labels: torch.Tensor | None = None) -> None:
     """The body of a job's thread: train, keep the record current, end with a status and a message."""
     req = job.request
     try:
-        trainer = build_trainer(job, images, init, data_source, device)
+        trainer = build_trainer(job, images, init, data_source, device, labels)
         with job.lock:
             job.device = str(trainer.device)
             if job.status == "starting":

@@ -99,8 +99,9 @@ class JobRegistry:
 
     # ---- the page's side ----------------------------------------------------------------------
     def start(self, request: TrainRequest, owner: str, images: torch.Tensor, init: Checkpoint | None = None,
-              data_source: str | None = None) -> JobSnapshot:
-        """Start a job, or raise JobBusyError (someone else's job is running) / ValueError (bad request)."""
+              data_source: str | None = None, labels: torch.Tensor | None = None) -> JobSnapshot:
+        """Start a job, or raise JobBusyError (someone else's job is running) / ValueError (bad request).
+        ``labels`` (one per image) are needed by a tissue-conditional run."""
         request.validate(self.limits)
         if request.from_pretrained and init is None:
             raise ValueError("from_pretrained needs the pretrained checkpoint (init)")
@@ -112,7 +113,8 @@ class JobRegistry:
             job_id = uuid.uuid4().hex[:8]
             out_dir = Path(tempfile.mkdtemp(prefix=f"run-{job_id}-", dir=self._root_dir()))
             job = Job(job_id, owner, request, out_dir, time.time(), max_steps=request.steps, last_heartbeat=time.time())
-            job.thread = threading.Thread(target=run_job, args=(job, self.limits, self.device, images, init, data_source),
+            job.thread = threading.Thread(target=run_job,
+                                          args=(job, self.limits, self.device, images, init, data_source, labels),
                                           daemon=True, name=f"ddpm-train-{job_id}")
             self._jobs[job_id] = job
             job.thread.start()

@@ -42,11 +42,13 @@ def resolve_classes(num_classes: int | None, n: int, classes: Classes = None, se
         return torch.multinomial(prior, n, replacement=True, generator=torch.Generator().manual_seed(seed + 7_777_777))
     if isinstance(classes, (int, str)):
         idx = class_index(classes) if num_classes == len(class_prior()) else int(classes)
+        if not 0 <= idx < num_classes:
+            raise ValueError(f"class {classes!r} is outside [0, {num_classes - 1}]")
         return torch.full((n,), idx, dtype=torch.long)
     labels = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
-    if labels.shape[0] != n or int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-        raise ValueError(f"classes must be {n} indices in [0, {num_classes - 1}], got {labels.shape[0]} in "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
+    if labels.shape[0] != n or (n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes)):
+        got = f"[{int(labels.min())}, {int(labels.max())}]" if labels.numel() else "none"
+        raise ValueError(f"classes must be {n} indices in [0, {num_classes - 1}], got {labels.shape[0]} in {got}")
     return labels
 
 

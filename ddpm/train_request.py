@@ -21,6 +21,7 @@ class TrainRequest:
     sample_every: int = 50
     num_samples: int = 8
     seed: int = 0
+    conditional: bool = False  # train on the tissue labels (classifier-free guidance); the gpu preset always is
 
     def validate(self, limits: ServerLimits) -> None:
         """Raise ValueError naming every setting outside what ``limits`` allow."""

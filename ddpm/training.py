@@ -283,7 +283,7 @@ class Trainer:
         stopped = False
         while self.step < max_steps:
             if (stop_event is not None and stop_event.is_set()) or (
-                    time_limit_s is not None and time.time() - start > time_limit_s):
+                    time_limit_s is not None and time.time() - start >= time_limit_s):
                 stopped = True
                 break
             loss = self.train_step(self.step)

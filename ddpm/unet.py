@@ -49,7 +49,7 @@ class UNetConfig(ConfigMixin):
             raise ValueError(f"architecture must be 'seed' or 'resunet', got {self.architecture!r}")
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
-        if self.num_classes is not None and not (isinstance(self.num_classes, int) and 1 <= self.num_classes <= 1000):
+        if self.num_classes is not None and not (type(self.num_classes) is int and 1 <= self.num_classes <= 1000):
             raise ValueError(f"num_classes must be None (unconditional) or an integer in [1, 1000], got {self.num_classes!r}")
         down = 2 ** (len(self.channel_mults) - 1) if self.architecture == "resunet" else 2
         if self.image_size % down:

@@ -28,10 +28,10 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError, load_checkpoint, load_local
 from ddpm.compute_gate import ComputeGate
-from ddpm.data import ImageSet, load_images, to_hwc_numpy
+from ddpm.data import CLASS_NAMES, ImageSet, load_images, to_hwc_numpy
 from ddpm.jobs import JobRegistry
 from ddpm.model_card import EVALUATION_NAME, read_evaluation
-from ddpm.pipeline import Trajectory, generate, sampler_steps, trajectory
+from ddpm.pipeline import Trajectory, generate, recommended_sampling, sampler_steps, trajectory
 from ddpm.result_cache import ResultCache
 from ddpm.server_limits import ServerLimits
 from ddpm.uploads import MAX_UPLOAD_BYTES, load_upload
@@ -54,6 +54,8 @@ PLOTLY_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "l
 PRETRAINED, PAPER, RUN, UPLOAD = "pretrained", "paper", "run", "upload"
 MODEL_LABELS = {PRETRAINED: "Pretrained model (default)", PAPER: "Paper's setup (seed)",
                 RUN: "Your training run", UPLOAD: "Your uploaded checkpoint"}
+PRIOR = "prior"  # the tissue picker's "a mix of tissues, as often as in the training split"
+MAX_GUIDANCE = 6.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,22 @@ class ActiveModel:
     key: str  # identifies the weights in caches: same key, same images
     label: str
     checkpoint: Checkpoint
+
+    @property
+    def conditional(self) -> bool:
+        return self.checkpoint.model_config.num_classes is not None
+
+
+@dataclass(frozen=True)
+class Tissue:
+    """What a visitor asked a tissue-conditional model for: a class index or PRIOR, and the guidance scale."""
+
+    tissue: int | str
+    guidance: float
+
+    def describe(self) -> str:
+        what = "tissues drawn as often as in the training split" if self.tissue == PRIOR else CLASS_NAMES[self.tissue]
+        return f"{what}, guidance {self.guidance:g}"
 
 
 # ---- server-wide resources --------------------------------------------------------------------
@@ -191,6 +209,25 @@ def model_picker() -> ActiveModel:
     return model
 
 
+def tissue_picker(model: ActiveModel, key: str, container=st) -> Tissue | None:
+    """A tissue choice and a guidance slider for a tissue-conditional model (None, and nothing drawn, otherwise)."""
+    if not model.conditional:
+        return None
+    recommended = float(recommended_sampling(model.checkpoint.config)["guidance"])
+    c1, c2 = container.columns(2)
+    tissue = c1.selectbox("Tissue", [PRIOR, *range(len(CLASS_NAMES))], key=f"{key}_tissue",
+                          format_func=lambda o: "a mix, as in the training split" if o == PRIOR else CLASS_NAMES[o])
+    guidance = c2.slider("Guidance scale", 0.0, MAX_GUIDANCE, recommended, step=0.5, key=f"{key}_guidance",
+                         help=f"Classifier-free guidance: uncond + s·(cond − uncond). 0 ignores the tissue, 1 is the plain "
+                              f"conditional model, higher sticks closer to the tissue at the cost of variety. "
+                              f"{recommended:g} had the best FD in this model's guidance sweep.")
+    return Tissue(tissue, float(guidance))
+
+
+def _classes(tissue: Tissue | None) -> tuple[int | str | None, float]:
+    return (None, 1.0) if tissue is None else (tissue.tissue, tissue.guidance)
+
+
 # ---- evaluation reports (the one place that knows the evaluation package's API) ---------------
 def evaluation_report(model: ActiveModel) -> tuple[dict | None, str | None]:
     """(report, where it came from): this visitor's fresh evaluation of the model, else the precomputed
@@ -209,12 +246,13 @@ def evaluation_report(model: ActiveModel) -> tuple[dict | None, str | None]:
     return None, None
 
 
-def run_evaluation(model: ActiveModel, n: int, progress) -> dict:
+def run_evaluation(model: ActiveModel, n: int, progress, tissue: Tissue | None = None) -> dict:
     """Generate ``n`` patches and score them (``progress(fraction, message)``); stores the report for this visitor."""
     from ddpm.evaluation.report import sample_and_evaluate
 
+    classes, guidance = _classes(tissue)
     report, _ = sample_and_evaluate(model.checkpoint.model, model.checkpoint.schedule, n, "dpmpp", None, seed=1,
-                                    callback=progress)
+                                    callback=progress, classes=classes, guidance=guidance)
     st.session_state.setdefault("evaluation", {})[model.key] = report
     return report
 
@@ -244,20 +282,27 @@ def _with_progress(key: tuple, text: str, compute):
     return value
 
 
-def cached_trajectory(model: ActiveModel, sampler: str, steps: int | None, seed: int, n: int) -> Trajectory:
-    """The whole reverse run, computed once per (model, sampler, steps, seed, n) for the whole server."""
+def cached_trajectory(model: ActiveModel, sampler: str, steps: int | None, seed: int, n: int,
+                      tissue: Tissue | None = None) -> Trajectory:
+    """The whole reverse run, computed once per (model, sampler, steps, seed, n, tissue) for the whole server."""
     schedule = model.checkpoint.schedule
-    return _with_progress(("trajectory", model.key, sampler, steps, seed, n), "Denoising… step",
-                          lambda cb: trajectory(model.checkpoint.model, schedule, n, sampler, steps, seed, callback=cb))
+    classes, guidance = _classes(tissue)
+    return _with_progress(("trajectory", model.key, sampler, steps, seed, n, classes, guidance), "Denoising… step",
+                          lambda cb: trajectory(model.checkpoint.model, schedule, n, sampler, steps, seed, callback=cb,
+                                                classes=classes, guidance=guidance))
 
 
-def cached_samples(model: ActiveModel, n: int, seed: int, sampler: str = "dpmpp", steps: int = 20) -> np.ndarray:
-    """``n`` generated patches, uint8 (n, H, W, 3), computed once per (model, sampler, steps, seed, n)."""
+def cached_samples(model: ActiveModel, n: int, seed: int, sampler: str = "dpmpp", steps: int = 20,
+                   tissue: Tissue | None = None) -> np.ndarray:
+    """``n`` generated patches, uint8 (n, H, W, 3), computed once per (model, sampler, steps, seed, n, tissue);
+    ``tissue.tissue`` may also be a list of class indices, one per patch."""
     schedule = model.checkpoint.schedule
     steps = sampler_steps(schedule, sampler, steps)
-    return _with_progress(("samples", model.key, sampler, steps, seed, n), "Sampling… step",
+    classes, guidance = _classes(tissue)
+    key_classes = tuple(classes) if isinstance(classes, (list, tuple)) else classes
+    return _with_progress(("samples", model.key, sampler, steps, seed, n, key_classes, guidance), "Sampling… step",
                           lambda cb: to_hwc_numpy(generate(model.checkpoint.model, schedule, n, sampler, steps, seed,
-                                                           callback=cb)))
+                                                           callback=cb, classes=classes, guidance=guidance)))
 
 
 # ---- the training job's heartbeat, from whichever page the visitor is on -----------------------

@@ -4,9 +4,11 @@ import streamlit as st
 from ddpm.data import CLASS_NAMES, to_chw_tensor, to_hwc_numpy
 from ddpm.explain import patches_like, pick_patches
 from ddpm.figures import (class_histogram_figure, color_histogram_figure, memorization_figure, metrics_table_figure,
-                          ratio_histogram_figure, side_by_side_figure)
-from pages._shared import (cached_samples, evaluation_report, in_turn, keep_training_alive, limits, model_picker,
-                           real_images, results, run_evaluation, show, tissue_encoder)
+                          ratio_histogram_figure, side_by_side_figure, tissue_rows_figure)
+from pages._shared import (PRIOR, Tissue, cached_samples, evaluation_report, in_turn, keep_training_alive, limits,
+                           model_picker, real_images, results, run_evaluation, show, tissue_encoder, tissue_picker)
+
+PER_TISSUE = 4  # generated and real patches per tissue row
 
 keep_training_alive()
 st.title("Compare")
@@ -14,11 +16,19 @@ st.write("Does it look like tissue, and which tissue? Generated patches beside r
          "tissue classifier's feature space, each next to the score real patches get against each other (the floor).")
 
 model = model_picker()
+tissue = tissue_picker(model, "cmp")
 real, data_warning = real_images()
 encoder, encoder_error = tissue_encoder()
-generated = cached_samples(model, 16, seed=0)
+generated = cached_samples(model, 16, seed=0, tissue=tissue)
 
 st.subheader("Generated beside real")
+if tissue is not None and tissue.tissue == PRIOR:
+    asked = [c for c in range(len(CLASS_NAMES)) for _ in range(PER_TISSUE)]
+    by_tissue = cached_samples(model, len(asked), seed=0, tissue=Tissue(asked, tissue.guidance))
+    show(tissue_rows_figure(by_tissue, to_hwc_numpy(patches_like(real, asked, seed=0)), CLASS_NAMES, PER_TISSUE,
+                            f"generated, asked for each tissue (guidance {tissue.guidance:g})", "real, the same tissue"),
+         key="cmp_tissues")
+    st.caption("One row per tissue: the model was asked for that tissue; the real patches are random ones of it.")
 if encoder is not None:
     from ddpm.evaluation.encoder import encoder_outputs
 
@@ -65,7 +75,8 @@ with st.form("cmp_eval"):
 if submitted:
     bar = st.progress(0.0, text="Sampling…")
     try:
-        in_turn(lambda: run_evaluation(model, n, lambda f, msg: bar.progress(f, text=msg.capitalize())), bar, "Sampling…")
+        in_turn(lambda: run_evaluation(model, n, lambda f, msg: bar.progress(f, text=msg.capitalize()), tissue), bar,
+                "Sampling…")
         st.rerun()
     except (ImportError, ValueError) as err:
         bar.empty()

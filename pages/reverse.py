@@ -6,7 +6,7 @@ from ddpm.export import trajectory_gif
 from ddpm.figures import denoising_animation_figure, side_by_side_figure, trajectory_times
 from ddpm.imaging import png_bytes
 from ddpm.pipeline import sampler_steps
-from pages._shared import cached_trajectory, keep_training_alive, model_picker, results, show
+from pages._shared import Tissue, cached_trajectory, keep_training_alive, model_picker, results, show, tissue_picker
 
 SAMPLER_LABELS = {"ddpm": "DDPM (ancestral, all T steps)", "ddim": "DDIM (deterministic)", "dpmpp": "DPM-Solver++ (2M)"}
 DEFAULTS = {"sampler": "dpmpp", "steps": 20, "seed": 0, "n": 9}
@@ -26,17 +26,24 @@ with st.form("reverse_settings"):
     steps = c2.slider("Steps (DDPM always uses T)", 2, T, min(settings["steps"], T), key="rev_steps")
     seed = c3.number_input("Seed", 0, 2**31 - 1, settings["seed"], key="rev_seed")
     n = c4.slider("Images", 1, 16, settings["n"], key="rev_n")
+    tissue = tissue_picker(model, "rev")
     if st.form_submit_button("Generate", type="primary"):
-        settings.update(sampler=sampler, steps=steps, seed=int(seed), n=n)
+        settings.update(sampler=sampler, steps=steps, seed=int(seed), n=n, tissue=tissue)
 
+asked: Tissue | None = settings.get("tissue") if model.conditional else None
+if model.conditional and asked is None:  # the form's defaults until the visitor presses Generate
+    asked = tissue
 run = (settings["sampler"], sampler_steps(model.checkpoint.schedule, settings["sampler"], settings["steps"]),
        settings["seed"], settings["n"])
-traj = cached_trajectory(model, *run)
-animation = results().get_or_compute(("animation", model.key, *run),
+traj = cached_trajectory(model, *run, tissue=asked)
+key = (asked.tissue, asked.guidance) if asked else None
+animation = results().get_or_compute(("animation", model.key, *run, key),
                                      lambda: denoising_animation_figure(traj.samples, traj.pred_x0, traj.timesteps))
 show(animation, key="rev_animation")
-st.caption(f"{SAMPLER_LABELS[settings['sampler']]}, {traj.num_steps} network evaluations, seed {settings['seed']}, "
-           f"{model.label.lower()}. Press ▶ or drag the slider: every frame is already computed.")
+st.caption(f"{SAMPLER_LABELS[settings['sampler']]}, {traj.num_steps} network evaluations"
+           f"{' (each on a batch twice the size: conditional and unconditional)' if asked and asked.guidance not in (0, 1) else ''}, "
+           f"seed {settings['seed']}, {model.label.lower()}{f', {asked.describe()}' if asked else ''}. "
+           "Press ▶ or drag the slider: every frame is already computed.")
 
 times = trajectory_times(traj.timesteps)
 i = st.slider("Inspect any step (no recomputation)", 0, traj.num_steps, traj.num_steps, key="rev_inspect")

@@ -30,6 +30,11 @@ with st.sidebar:
     steps = st.number_input("Steps", 1, lim.max_steps, min(200, lim.max_steps), key="train_steps")
     batch = st.select_slider("Batch size", [b for b in BATCHES if b <= lim.max_batch], min(32, lim.max_batch),
                              key="train_batch")
+    conditional = st.checkbox("Tissue-conditional (learn the 9 tissues, classifier-free guidance)", key="train_conditional",
+                              value=True, help="Trains on the patches' tissue labels, dropping them 15% of the time so the "
+                                               "same network also learns the unconditional model; samples can then be asked "
+                                               "for a tissue. From an unconditional model, its weights are kept and the "
+                                               "tissue embedding starts at zero.")
     lr = st.number_input("Learning rate", 1e-6, 0.1, PRESETS["small"].train.lr, step=1e-4, format="%.1e", key="train_lr")
     sample_every = st.number_input("Preview samples every N steps", 1, 100_000, 50, key="train_sample_every")
     start = st.button("Start training", type="primary", key="train_start")
@@ -42,11 +47,12 @@ if start:
     init, error = load_model(PRETRAINED) if from_pretrained else (None, None)
     request = TrainRequest(preset=preset, steps=int(steps), batch_size=int(batch), lr=float(lr),
                            schedule=None if from_pretrained or schedule == PRESET_OWN else schedule,
-                           from_pretrained=from_pretrained, sample_every=int(sample_every))
+                           from_pretrained=from_pretrained, sample_every=int(sample_every), conditional=conditional)
     try:
         if from_pretrained and init is None:
             raise ValueError(f"the pretrained model is not available: {error}")
-        snap = registry.start(request, visitor(), real.images, init.checkpoint if init else None, data_source=real.source)
+        snap = registry.start(request, visitor(), real.images, init.checkpoint if init else None, data_source=real.source,
+                              labels=real.labels)
         st.session_state["train_job"] = snap.id
     except JobBusyError as err:
         st.warning(str(err))

@@ -8,7 +8,11 @@ import torch
 
 from ddpm.data import (
     CLASS_NAMES,
+    SPLIT_SIZES,
+    TRAIN_CLASS_COUNTS,
     DataNotFoundError,
+    class_index,
+    class_prior,
     default_data_dir,
     dihedral_augment,
     image_grid,
@@ -164,3 +168,24 @@ def test_image_grid_tiles_images_with_padding():
     grid = image_grid(images, ncols=3, pad=1)
     assert grid.shape == (2 * 5 + 1, 3 * 5 + 1, 3)
     assert grid[1:5, 1:5].max() == 0 and grid[0].min() == 255
+
+
+def test_train_class_counts_add_up_to_the_training_split_and_give_the_prior():
+    assert sum(TRAIN_CLASS_COUNTS) == SPLIT_SIZES["train"] == 89_996
+    assert len(TRAIN_CLASS_COUNTS) == len(CLASS_NAMES)
+    prior = class_prior()
+    assert prior.sum().item() == pytest.approx(1.0)
+    assert prior[8].item() == pytest.approx(12_885 / 89_996)
+
+
+@pytest.mark.parametrize("given, index", [("adipose", 0), (" Mucus ", 4), ("smooth", 5), ("normal", 6), ("cancer", 7),
+                                          (3, 3), ("8", 8), ("0", 0)])
+def test_class_index_takes_a_name_a_unique_prefix_or_an_index(given, index):
+    assert class_index(given) == index
+
+
+@pytest.mark.parametrize("given", ["c", "muscle", "", "9", -1, 12])
+def test_class_index_refuses_unknown_or_ambiguous_classes_listing_every_choice(given):
+    with pytest.raises(ValueError, match="unknown tissue class") as err:
+        class_index(given)
+    assert all(f"{i} {name!r}" in str(err.value) for i, name in enumerate(CLASS_NAMES))

@@ -11,7 +11,9 @@ from PIL import Image
 from ddpm.cli import main
 from ddpm.data import CLASS_NAMES, to_hwc_numpy
 from ddpm.evaluation.encoder import EncoderConfig, TissueEncoder, save_encoder
-from ddpm.evaluation.report import METRIC_KEYS, NEAREST_SHOWN, ReferenceData, evaluate_images, evaluation_panel, load_reference
+from ddpm.evaluation.memorization import COPY_RATIO
+from ddpm.evaluation.report import (METRIC_KEYS, MIN_PER_CLASS, NEAREST_SHOWN, ReferenceData, conditional_accuracy,
+                                    evaluate_images, evaluation_panel, load_reference, per_class_metrics)
 
 # 60 samples in a 256-d feature space have a singular covariance: scipy says so on every FD, as expected here
 pytestmark = pytest.mark.filterwarnings("ignore:Matrix is singular:scipy.linalg.LinAlgWarning")
@@ -140,3 +142,66 @@ def test_the_evaluate_command_samples_scores_and_writes_the_json_report_and_pane
     assert report["protocol"]["n_generated"] == 60
     with Image.open(out.with_suffix(".png")) as png:
         assert png.mode == "RGB" and png.width > 2 * (8 * 30 + 2)  # two 8-column grids side by side (scale 2)
+
+
+# ---- conditional models: accuracy and the per-tissue table ----------------------------------------
+def one_hot(classes: np.ndarray, k: int = 9) -> np.ndarray:
+    return np.eye(k)[classes]
+
+
+def test_conditional_accuracy_is_the_share_whose_most_likely_class_is_the_one_asked_for():
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    assert conditional_accuracy(probs, np.array([0, 1, 1, 2])) == 0.5
+    assert conditional_accuracy(probs, np.array([0, 1, 2, 0])) == 1.0
+    assert conditional_accuracy(probs, np.array([1, 0, 0, 1])) == 0.0
+
+
+@pytest.fixture(scope="module")
+def per_class_rows() -> list[dict]:
+    """Synthetic 4-d features: 60 samples asked for adipose (shifted by 3 from the reference), 10 for background,
+    60 for debris (whose reference has only 30 patches), none for the rest."""
+    rng = np.random.default_rng(0)
+    requested = np.repeat([0, 1, 2], [60, 10, 60])
+    feats = rng.normal(size=(130, 4)) + 3.0 * (requested == 0)[:, None]
+    ref_counts = [60, 60, 30] + [60] * 6
+    ref_labels = np.repeat(np.arange(9), ref_counts)
+    ref_feats = rng.normal(size=(len(ref_labels), 4))
+    train_labels = np.repeat(np.arange(9), 80)
+    train_feats = rng.normal(size=(len(train_labels), 4))
+    predicted = requested.copy()
+    predicted[45:60] = 1  # 45 of 60 adipose samples look like adipose
+    predicted[70:130] = 3  # no debris sample looks like debris
+    ratio = np.full(130, 0.9)
+    ratio[:15] = 0.1  # 15 of 60 adipose samples are copies
+    ratio[70:] = COPY_RATIO  # on the threshold: not a copy
+    return per_class_metrics(ref_feats, ref_labels, feats, one_hot(predicted), requested, ratio, train_feats, train_labels)
+
+
+def test_per_class_metrics_give_one_row_per_tissue_with_accuracy_and_copy_share(per_class_rows):
+    assert [r["class"] for r in per_class_rows] == list(CLASS_NAMES)
+    assert [r["n"] for r in per_class_rows] == [60, 10, 60] + [0] * 6
+    adipose, background, debris = per_class_rows[:3]
+    assert (adipose["conditional_accuracy"], adipose["memorization_share"]) == (0.75, 0.25)
+    assert (background["conditional_accuracy"], background["memorization_share"]) == (1.0, 0.0)
+    assert (debris["conditional_accuracy"], debris["memorization_share"]) == (0.0, 0.0)
+    assert all(r == {"class": r["class"], "n": 0} for r in per_class_rows[3:])  # nothing asked: nothing to score
+
+
+def test_per_class_fd_needs_min_per_class_samples_and_reference_patches(per_class_rows):
+    assert MIN_PER_CLASS == 50
+    adipose, background, debris = per_class_rows[:3]
+    assert "fd" not in background and "fd_floor" not in background  # 10 samples < MIN_PER_CLASS
+    assert "fd" not in debris and "fd_floor" not in debris  # 60 samples, but only 30 reference patches
+    assert adipose["fd"] == pytest.approx(4 * 3.0**2, rel=0.25)  # ‖μ shift‖² dominates
+    assert 0 <= adipose["fd_floor"] < 2  # real against real of the same distribution
+
+
+def test_a_report_with_requested_classes_adds_conditional_accuracy_and_the_per_tissue_table(reference, encoder):
+    images = reference.reference.images[-N_GENERATED:].clone()
+    requested = reference.reference.labels[-N_GENERATED:].clone()
+    report = evaluate_images(images, reference, encoder, with_floor=False, requested=requested)
+    assert 0 <= report["metrics"]["conditional_accuracy"] <= 1
+    assert [r["n"] for r in report["per_class"]] == np.bincount(requested.numpy(), minlength=9).tolist()
+    assert report["requested_hist"] == pytest.approx((np.bincount(requested.numpy(), minlength=9) / N_GENERATED).tolist())
+    with pytest.raises(ValueError, match="one class per generated image"):
+        evaluate_images(images, reference, encoder, with_floor=False, requested=requested[:-1])

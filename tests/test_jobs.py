@@ -133,8 +133,8 @@ def test_a_finished_runs_folder_is_deleted_after_a_while_without_anyone_starting
     try:
         done = reg.wait(reg.start(TrainRequest(steps=1, **TINY), "visitor a", tiny_images).id, timeout=60)
         assert done.status == "finished"
-        _wait_until(lambda: reg.get(done.id) is None, timeout=30)
-        assert not done.out_dir.exists()
+        _wait_until(lambda: reg.get(done.id) is None, timeout=30)  # off the books first, then off the disk
+        _wait_until(lambda: not done.out_dir.exists(), timeout=30)
     finally:
         reg.shutdown()
 

@@ -13,15 +13,17 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler 
 
 from ddpm.samplers import (  # noqa: E402
     SamplerStep,
+    classifier_free_guidance,
     ddim_step,
     ddpm_step,
     dpmpp_2m_step,
+    guided_model,
     sample,
     sample_progressive,
     trailing_timesteps,
 )
 from ddpm.schedules import NoiseSchedule, ScheduleConfig, model_output_to_x0_eps  # noqa: E402
-from ddpm.unet import build_unet  # noqa: E402
+from ddpm.unet import UNetConfig, build_unet  # noqa: E402
 
 DEFAULT = NoiseSchedule.from_config(ScheduleConfig())  # cosine, zero terminal SNR, v-prediction, T = 200
 PAPER = NoiseSchedule.from_config(ScheduleConfig.paper())  # linear, √ᾱ_T ≈ 0.36, ε-prediction, T = 200
@@ -365,3 +367,80 @@ def test_sample_progressive_reproduces_a_diffusers_sampling_loop_with_the_same_g
     ours = sample(lambda x, t: fake_model(x, int(t[0])), schedule, SHAPE, sampler, steps, eta=eta, clip_sample=False,
                   generator=torch.Generator().manual_seed(11))
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)  # float32 samples over the whole loop
+
+
+# ---- classifier-free guidance ---------------------------------------------------------------------
+NULL = 9  # "no class" of a 9-class model
+
+
+class RecordingModel:
+    """A stand-in conditional network whose output depends on x, t and the label; records every call."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, list[int]]] = []  # (batch size, labels)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.calls.append((x.shape[0], labels.tolist()))
+        return x * (1 + labels.float())[:, None, None, None] + 0.01 * t.float()[:, None, None, None]
+
+
+def test_classifier_free_guidance_is_uncond_plus_scale_times_the_difference():
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    assert torch.equal(classifier_free_guidance(cond, uncond, 0.0), uncond)
+    torch.testing.assert_close(classifier_free_guidance(cond, uncond, 1.0), cond)  # up to rounding: u + (c - u)
+    torch.testing.assert_close(classifier_free_guidance(cond, uncond, 3.0), 3 * cond - 2 * uncond)
+
+
+def test_guided_model_at_scale_1_is_the_plain_conditional_call_and_at_0_the_no_class_call():
+    x, t, labels = torch.randn(3, 1, 2, 2), torch.tensor([5, 5, 5]), torch.tensor([0, 4, 8])
+    model = RecordingModel()
+    assert torch.equal(guided_model(model, labels, 1.0, NULL)(x, t), model(x, t, labels))
+    assert model.calls[0] == (3, [0, 4, 8])
+    model.calls.clear()
+    assert torch.equal(guided_model(model, labels, 0.0, NULL)(x, t), model(x, t, torch.full((3,), NULL)))
+    assert model.calls[0] == (3, [NULL] * 3)
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0, 4.0])
+def test_guided_model_combines_cond_and_uncond_from_one_call_on_a_batch_of_2b(scale):
+    x, t, labels = torch.randn(3, 1, 2, 2), torch.tensor([7, 7, 7]), torch.tensor([0, 4, 8])
+    model = RecordingModel()
+    out = guided_model(model, labels, scale, NULL)(x, t)
+    assert model.calls == [(6, [0, 4, 8, NULL, NULL, NULL])]
+    cond, uncond = model(x, t, labels), model(x, t, torch.full((3,), NULL))
+    torch.testing.assert_close(out, uncond + scale * (cond - uncond))
+
+
+def test_guided_model_on_a_real_conditional_network_equals_two_separate_passes(tiny_config):
+    torch.manual_seed(0)
+    net = build_unet(UNetConfig.from_dict({**tiny_config.to_dict(), "num_classes": 9})).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # the class embedding too: cond and uncond differ
+    x, t, labels = torch.randn(2, 3, 28, 28), torch.tensor([3, 11]), torch.tensor([1, 6])
+    with torch.inference_mode():
+        out = guided_model(net, labels, 2.5, 9)(x, t)
+        cond, uncond = net(x, t, labels), net(x, t, torch.full((2,), 9))
+    assert (cond - uncond).abs().max() > 1e-3
+    torch.testing.assert_close(out, uncond + 2.5 * (cond - uncond), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler, steps", [("dpmpp", 4), ("ddim", 3)])
+def test_a_guided_sampler_makes_one_network_call_per_step(sampler, steps):
+    model = RecordingModel()
+    fn = guided_model(model, torch.tensor([2, 3]), 3.0, NULL)
+    out = list(sample_progressive(fn, DEFAULT, (2, 1, 2, 2), sampler, steps, generator=torch.Generator().manual_seed(0)))
+    assert len(model.calls) == len(out) == steps
+    assert [b for b, _ in model.calls] == [4] * steps
+    assert all(s.prev_sample.shape == (2, 1, 2, 2) for s in out)
+
+
+def test_guided_model_without_labels_is_the_model_itself_and_refuses_bad_settings():
+    model = RecordingModel()
+    assert guided_model(model, None, 3.0, 9) is model
+    assert guided_model(model, None, 3.0, None) is model
+    with pytest.raises(ValueError, match="unconditional"):
+        guided_model(model, torch.tensor([0]), 2.0, None)
+    with pytest.raises(ValueError, match="guidance scale must be ≥ 0"):
+        guided_model(model, torch.tensor([0]), -0.5, 9)

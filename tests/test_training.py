@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 
 from ddpm import checkpoints as ckpt
 from ddpm.checkpoints import CheckpointError, load_checkpoint
-from ddpm.data import to_model_range
-from ddpm.schedules import NoiseSchedule
+from ddpm.data import CLASS_NAMES, load_subset, to_model_range
+from ddpm.schedules import NoiseSchedule, ScheduleConfig
 from ddpm.training import NonFiniteLossError, TrainConfig, Trainer, TrainProgress, diffusion_loss, read_training_log
+from ddpm.unet import UNetConfig, build_unet
 
 
 @pytest.fixture
@@ -293,3 +294,119 @@ def test_train_config_rejects_out_of_range_values_naming_them(field, value):
 def test_train_config_round_trips_and_ignores_the_counters_saved_beside_it(tiny_train_config):
     saved = {**tiny_train_config.to_dict(), "steps": 6, "epochs": 1.5, "device": "cpu"}
     assert TrainConfig.from_dict(json.loads(json.dumps(saved))) == tiny_train_config
+
+
+# ---- tissue-conditional training ------------------------------------------------------------------
+@pytest.fixture
+def conditional_config(tiny_config) -> UNetConfig:
+    return UNetConfig.from_dict({**tiny_config.to_dict(), "num_classes": 9})
+
+
+@pytest.fixture
+def make_conditional_trainer(conditional_config, tiny_schedule_config, tiny_train_config, tiny_images):
+    def make(labels: torch.Tensor | None = None, out_dir: Path | None = None, **train_overrides) -> Trainer:
+        labels = torch.arange(len(tiny_images)) % 9 if labels is None else labels
+        return Trainer(conditional_config, tiny_schedule_config, replace(tiny_train_config, **train_overrides), tiny_images,
+                       out_dir=out_dir, device="cpu", labels=labels)
+
+    return make
+
+
+@pytest.mark.parametrize("labels, message", [
+    (None, "needs one label per image; got none for 16 images"),
+    (torch.zeros(15, dtype=torch.long), r"needs one label per image; got \(15,\)"),
+    (torch.full((16,), 9), r"labels must lie in \[0, 8\], got \[9, 9\]"),
+    (torch.tensor([-1] + [0] * 15), r"labels must lie in \[0, 8\], got \[-1, 0\]"),
+])
+def test_a_conditional_model_without_valid_labels_is_refused_before_training(conditional_config, tiny_schedule_config,
+                                                                           tiny_train_config, tiny_images, labels, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(conditional_config, tiny_schedule_config, tiny_train_config, tiny_images, device="cpu", labels=labels)
+
+
+def record_labels(trainer: Trainer) -> list[torch.Tensor]:
+    """Wrap the trainer's network call; returns the list every train step's labels are appended to."""
+    seen, inner = [], trainer.forward
+
+    def forward(x, t, labels=None):
+        seen.append(labels.clone())
+        return inner(x, t, labels)
+
+    trainer.forward = forward
+    return seen
+
+
+def test_with_p_uncond_1_every_label_reaching_the_model_is_no_class(make_conditional_trainer):
+    trainer = make_conditional_trainer(p_uncond=1.0)
+    seen = record_labels(trainer)
+    trainer.train(max_steps=3)
+    assert len(seen) == 3
+    assert all(s.tolist() == [9] * 4 for s in seen)
+
+
+def test_with_p_uncond_0_the_model_sees_each_images_own_label(make_conditional_trainer):
+    labels = torch.arange(16) % 9
+    trainer = make_conditional_trainer(labels=labels, p_uncond=0.0)
+    seen = record_labels(trainer)
+    trainer.train(max_steps=3)
+    assert len(seen) == 3
+    for step, s in enumerate(seen):
+        assert s.tolist() == labels[trainer.batch_indices(step)].tolist()
+        assert 9 not in s.tolist()
+
+
+def test_a_conditional_trainer_initialised_from_unconditional_weights_computes_what_they_computed(tiny_config, probe_input):
+    torch.manual_seed(5)
+    init = build_unet(tiny_config).eval()
+    with torch.no_grad():
+        for p in init.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trainer = Trainer(UNetConfig.from_dict({**tiny_config.to_dict(), "num_classes": 9}), ScheduleConfig(num_timesteps=20),
+                      TrainConfig(batch_size=4, precision="fp32"), torch.zeros(8, 3, 28, 28, dtype=torch.uint8),
+                      device="cpu", init_model=init, labels=torch.zeros(8, dtype=torch.long))
+    x, t = probe_input
+    with torch.inference_mode():
+        assert torch.equal(trainer.model.eval()(x, t, torch.tensor([3, 9])), init(x, t))
+
+
+def test_cosine_decay_starts_at_lr_after_warm_up_halves_midway_and_ends_near_zero(make_trainer):
+    trainer = make_trainer(lr=1e-3, warmup_steps=10, max_steps=110, lr_decay="cosine")
+    assert trainer.lr_at(4) == pytest.approx(5e-4)  # warm-up is unchanged
+    assert trainer.lr_at(9) == pytest.approx(1e-3)  # end of warm-up
+    assert trainer.lr_at(10) == pytest.approx(1e-3)
+    assert trainer.lr_at(60) == pytest.approx(5e-4)  # half-way through the decay
+    assert trainer.lr_at(110) == pytest.approx(0.0, abs=1e-12)
+    decay = [trainer.lr_at(s) for s in range(10, 111)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    assert make_trainer(lr=1e-3, warmup_steps=10, max_steps=110).lr_at(100) == pytest.approx(1e-3)  # "none": constant
+
+
+@pytest.mark.parametrize("field, value", [("p_uncond", 1.5), ("p_uncond", -0.1), ("lr_decay", "x")])
+def test_train_config_rejects_p_uncond_outside_0_1_and_unknown_lr_decay(field, value):
+    with pytest.raises(ValueError, match=f"invalid training settings: {field}="):
+        TrainConfig(**{field: value})
+
+
+def test_a_time_limit_of_zero_stops_at_once_and_reports_stopped(make_trainer, tmp_path):
+    trainer = make_trainer(tmp_path)
+    result = trainer.train(time_limit_s=0)
+    assert result.stopped and result.steps == 0 and trainer.step == 0
+    assert json.loads((tmp_path / ckpt.CONFIG_NAME).read_text())["training"]["steps"] == 0  # saved all the same
+
+
+def test_a_conditional_run_on_the_bundled_subset_saves_a_loadable_nine_class_checkpoint(conditional_config,
+                                                                                      tiny_schedule_config, tmp_path):
+    data = load_subset()
+    trainer = Trainer(conditional_config, tiny_schedule_config,
+                      TrainConfig(batch_size=8, max_steps=2, warmup_steps=1, precision="fp32", ema_decay=0.9),
+                      data.images, out_dir=tmp_path, device="cpu", labels=data.labels,
+                      extra_config={"class_names": list(CLASS_NAMES)})
+    result = trainer.train()
+    assert result.steps == 2 and not result.stopped
+    config = json.loads((tmp_path / ckpt.CONFIG_NAME).read_text())
+    assert config["model"]["num_classes"] == 9 and config["training"]["steps"] == 2
+    assert config["training"]["num_train_images"] == len(data) == 1800
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.model_config.num_classes == 9
+    assert loaded.model.class_embed.embedding.num_embeddings == 10
+    assert_same_weights(loaded.model, trainer.sampling_model())

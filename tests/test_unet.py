@@ -11,7 +11,8 @@ from ddpm.data import to_model_range
 from ddpm.presets import PRESETS, get_preset
 from ddpm.schedules import NoiseSchedule, ScheduleConfig
 from ddpm.training import diffusion_loss
-from ddpm.unet import AttentionBlock, ResUNet, SeedUNet, UNetConfig, build_unet, count_parameters, timestep_embedding
+from ddpm.unet import (AttentionBlock, ClassEmbedding, ResUNet, SeedUNet, UNetConfig, build_unet, count_parameters,
+                       load_weights_from, timestep_embedding)
 
 
 def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -145,3 +146,85 @@ def test_one_optimizer_step_on_a_fixed_batch_lowers_the_diffusion_loss(architect
     with torch.no_grad():
         after = diffusion_loss(model, schedule, x0, t, noise)
     assert after.item() < before.item() - 1e-3
+
+
+# ---- tissue conditioning ------------------------------------------------------------------------------
+def conditional(config: UNetConfig, num_classes: int = 9) -> UNetConfig:
+    return UNetConfig.from_dict({**config.to_dict(), "num_classes": num_classes})
+
+
+def test_class_embedding_starts_at_zero_with_one_extra_row_used_for_no_class():
+    embed = ClassEmbedding(num_classes=3, dim=5)
+    assert embed.embedding.weight.shape == (4, 5)
+    assert torch.equal(embed.embedding.weight, torch.zeros(4, 5))
+    with torch.no_grad():
+        embed.embedding.weight.copy_(torch.arange(20, dtype=torch.float32).reshape(4, 5))
+    out = embed(None, 2, torch.device("cpu"))
+    assert torch.equal(out, embed.embedding.weight[[3, 3]])  # None means "no class": index num_classes
+    assert torch.equal(embed(torch.tensor([2, 0]), 2, torch.device("cpu")), embed.embedding.weight[[2, 0]])
+
+
+@pytest.mark.parametrize("num_classes", [0, 1001, 2.5, "9"])
+def test_unet_config_rejects_num_classes_outside_1_to_1000(num_classes):
+    with pytest.raises(ValueError, match="num_classes must be None"):
+        UNetConfig(num_classes=num_classes)
+
+
+@pytest.mark.parametrize("num_classes", [1, 1000])
+def test_unet_config_accepts_num_classes_at_both_ends_and_builds_that_many_plus_one_embeddings(num_classes):
+    model = build_unet(UNetConfig(architecture="seed", num_classes=num_classes))
+    assert model.class_embed.embedding.num_embeddings == num_classes + 1
+
+
+def test_a_config_dict_without_num_classes_loads_as_unconditional_and_a_conditional_one_round_trips(tiny_config):
+    old = tiny_config.to_dict()
+    del old["num_classes"]  # a config.json written before conditioning existed
+    assert UNetConfig.from_dict(old).num_classes is None
+    assert build_unet(UNetConfig.from_dict(old)).class_embed is None
+    cond = conditional(tiny_config)
+    assert UNetConfig.from_dict(json.loads(json.dumps(cond.to_dict()))) == cond
+    assert cond.num_classes == 9
+
+
+@pytest.mark.parametrize("architecture", ["resunet", "seed"])
+def test_an_unconditional_network_given_class_labels_raises(architecture, tiny_config):
+    config = tiny_config if architecture == "resunet" else PRESETS["seed"].model
+    model = build_unet(config).eval()
+    x, t = torch.randn(2, 3, 28, 28), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="unconditional"):
+        model(x, t, torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("architecture", ["resunet", "seed"])
+def test_a_conditional_network_loaded_from_unconditional_weights_computes_exactly_their_outputs_for_any_label(
+        architecture, tiny_config, probe_input):
+    config = tiny_config if architecture == "resunet" else PRESETS["seed"].model
+    uncond = perturbed(build_unet(config), seed=1)
+    cond = build_unet(conditional(config)).eval()
+    load_weights_from(cond, uncond.state_dict())
+    x, t = probe_input
+    with torch.inference_mode():
+        expected = uncond(x, t)
+        assert expected.abs().max() > 1e-3  # perturbed: the comparison below is not 0 == 0
+        for labels in (None, torch.tensor([0, 8]), torch.tensor([4, 4]), torch.tensor([9, 9])):
+            assert torch.equal(cond(x, t, labels), expected), labels
+    # and the label is really wired in: once the embedding moves, two classes give two outputs
+    with torch.no_grad():
+        cond.class_embed.embedding.weight.normal_(generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        a, b = cond(x, t, torch.tensor([0, 0])), cond(x, t, torch.tensor([5, 5]))
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_load_weights_from_refuses_another_architecture_listing_the_differences(tiny_config):
+    resunet = build_unet(conditional(tiny_config))
+    with pytest.raises(ValueError, match=r"do not fit this network \(\d+ differences: .*(missing|unexpected)"):
+        load_weights_from(resunet, build_unet(PRESETS["seed"].model).state_dict())
+    wider = UNetConfig.from_dict({**tiny_config.to_dict(), "base_channels": 16})
+    with pytest.raises(ValueError, match=r"conv_in.weight: \(16, 3, 3, 3\) vs \(8, 3, 3, 3\)"):
+        load_weights_from(build_unet(tiny_config), build_unet(wider).state_dict())
+
+
+def test_an_unconditional_network_refuses_conditional_weights_naming_the_class_embedding(tiny_config):
+    with pytest.raises(ValueError, match="unexpected class_embed.embedding.weight"):
+        load_weights_from(build_unet(tiny_config), build_unet(conditional(tiny_config)).state_dict())

@@ -5,7 +5,7 @@ import argparse
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    from ..cli_options import SAMPLER_NAMES, HelpFormatter, add_reproducibility, examples
+    from ..cli_options import HelpFormatter, add_reproducibility, add_sampling_options, examples
 
     p = sub.add_parser("evaluate", help="measure a model's samples against real patches (JSON report + PNG panel)",
                        formatter_class=HelpFormatter,
@@ -16,8 +16,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
                                         "python -m ddpm evaluate -n 200 --data-dir ~/.medmnist --precision bf16 --out quick"))
     p.add_argument("--checkpoint", default=None, help="folder, shipped name or Hub repo id[@revision] "
                    "(default: the shipped default model)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="dpmpp", help="DDPM (all T steps), DDIM or DPM-Solver++(2M)")
-    p.add_argument("--steps", type=int, help="sampler steps (DDPM always uses all T; default 20 otherwise)")
+    add_sampling_options(p)
     p.add_argument("-n", type=int, default=10_000, help="number of generated samples (at least 50)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples and of the floor's draw")
     p.add_argument("--data-dir", help="folder with pathmnist.npz (default: $DDPM_DATA_DIR, else ~/.medmnist)")

@@ -199,23 +199,28 @@ def evaluation_panel(generated_hwc: np.ndarray, data: ReferenceData, report: dic
 
 def sample_and_evaluate(model: torch.nn.Module, schedule, n: int, sampler: str = "dpmpp", num_steps: int | None = None,
                         seed: int = 0, data: ReferenceData | None = None, encoder: TissueEncoder | None = None,
-                        progress: bool = False, callback=None, precision: str = "auto") -> tuple[dict, torch.Tensor]:
+                        progress: bool = False, callback=None, precision: str = "auto", classes=None,
+                        guidance: float = 1.0) -> tuple[dict, torch.Tensor]:
     """Generate ``n`` patches with ``model`` and score them: (report with its "sampling" section, uint8 (n, 3, H, W)).
 
     The one sample-then-score flow of the CLI, the app and bench: ``callback(fraction, message)``
-    follows both halves (sampling to 0.5, scoring to 1).
+    follows both halves (sampling to 0.5, scoring to 1). A tissue-conditional model takes ``classes``
+    (default: drawn from the training prior) and ``guidance``; the report then has the conditional accuracy.
     """
     from ..data import to_uint8
-    from ..pipeline import generate, num_model_calls
+    from ..pipeline import generate, num_model_calls, resolve_classes
 
     tell = callback or (lambda f, m: None)
+    requested = resolve_classes(model.config.num_classes, n, classes, seed)
     t0 = time.time()
     images = to_uint8(generate(model, schedule, n, sampler, num_steps, seed, progress=progress, precision=precision,
-                               callback=lambda done, total: tell(0.5 * done / total, f"sampling: step {done}/{total}")))
+                               callback=lambda done, total: tell(0.5 * done / total, f"sampling: step {done}/{total}"),
+                               classes=requested, guidance=guidance))
     seconds = time.time() - t0
-    report = evaluate_images(images, data, encoder, seed=seed, progress=progress,
+    report = evaluate_images(images, data, encoder, seed=seed, progress=progress, requested=requested,
                              callback=lambda f, message: tell(0.5 + 0.5 * f, f"evaluating: {message}"))
     report["sampling"] = {"sampler": sampler, "steps": num_model_calls(schedule, sampler, num_steps), "seed": seed,
+                          "guidance": guidance if requested is not None else None,
                           "seconds": round(seconds, 1), "seconds_per_1000": round(seconds * 1000 / n, 1),
                           "device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),
                           "precision": precision}
@@ -229,21 +234,22 @@ def evaluate_checkpoint(args) -> dict:
     from ..device import resolve_device
     from ..export import save_png
 
-    from ..cli_options import say_precision, writable_folder
+    from ..cli_options import describe_sampling, sampling_settings, say_precision, writable_folder
 
     out = Path(args.out)
     writable_folder(out.parent)
     device = resolve_device(args.device)
     say_precision(args, device)
     ckpt = load_checkpoint(args.checkpoint)
-    print(f"model from {ckpt.source}")
+    sampler, steps, classes, guidance = sampling_settings(args, ckpt, args.n, args.seed)
+    print(f"model from {ckpt.source}; {describe_sampling(sampler, steps, classes, guidance, args.tissue)}")
     data = load_reference(args.data_dir)
     if data.note:
         print(f"warning: {data.note}")
     encoder = load_encoder(args.encoder)
     model = ckpt.model.to(device)
-    report, images = sample_and_evaluate(model, ckpt.schedule, args.n, args.sampler, args.steps, args.seed, data, encoder,
-                                         progress=True, precision=args.precision)
+    report, images = sample_and_evaluate(model, ckpt.schedule, args.n, sampler, steps, args.seed, data, encoder,
+                                         progress=True, precision=args.precision, classes=classes, guidance=guidance)
     report["sampling"] = {"checkpoint": ckpt.source, **report["sampling"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
