@@ -1,4 +1,4 @@
-"""Command line: ``python -m ddpm {train,sample,info,evaluate,push,download}``."""
+"""Command line: ``python -m ddpm {train,sample,info,preview,evaluate,push,download}``."""
 from __future__ import annotations
 
 import argparse
@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print what a checkpoint holds (network, schedule, training, data) as JSON.",
                        epilog=examples("python -m ddpm info default", "python -m ddpm info runs/mine"))
     p.add_argument("checkpoint", help="folder, shipped name or Hub repo id[@revision]")
+    p = sub.add_parser("preview", help="store Home's first samples beside a checkpoint's weights (preview.npz)",
+                       formatter_class=HelpFormatter,
+                       description="Sample what Home shows first (16 patches, the checkpoint's recommended sampler, "
+                                   "steps and guidance, seed 0, tissues drawn from the training prior) and store them "
+                                   "with those settings and the sha256 of model.safetensors; Home shows them only while "
+                                   "both still match. Rerun after retraining or changing the recommended settings.",
+                       epilog=examples("python -m ddpm preview default", "python -m ddpm preview runs/mine"))
+    p.add_argument("checkpoint", help="a local checkpoint folder, or a shipped name (checkpoints/<name>)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="how the network runs; auto: bf16 where the CPU has it, as the app samples")
     p = sub.add_parser("pack-data", help="write a split as lossless shards for a machine without internet or medmnist",
                        formatter_class=HelpFormatter,
                        epilog=examples("python -m ddpm pack-data --data-dir ~/.medmnist --out pack",
@@ -309,6 +319,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoints import SHIPPED_DIR, load_local
+    from .preview import home_request, make_preview, write_preview
+
+    folder = Path(args.checkpoint).expanduser()
+    folder = folder if folder.is_dir() else SHIPPED_DIR / args.checkpoint
+    torch.set_num_threads(1)  # as the app samples: one intra-op thread
+    ckpt = load_local(folder)
+    preview = make_preview(ckpt, home_request(ckpt), args.precision)
+    r = preview.request
+    print(f"wrote {write_preview(folder, preview)}: {r.n} patches, {r.sampler} {r.steps} steps, guidance {r.guidance:g}, "
+          f"seed {r.seed}, tissues {r.tissue}, {preview.precision}, weights sha256 {preview.fingerprint[:12]}…",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_pack_data(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -350,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     from .training import NonFiniteLossError
 
     commands = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "download": cmd_download, "push": cmd_push,
-                "pack-data": cmd_pack_data}
+                "pack-data": cmd_pack_data, "preview": cmd_preview}
     if args.command in ("evaluate", "train-encoder"):
         from .evaluation.cli import cmd_evaluate, cmd_train_encoder
         commands.update({"evaluate": cmd_evaluate, "train-encoder": cmd_train_encoder})

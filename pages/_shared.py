@@ -28,10 +28,11 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError, load_checkpoint, load_local
 from ddpm.compute_gate import ComputeGate
-from ddpm.data import CLASS_NAMES, ImageSet, load_images, to_hwc_numpy
+from ddpm.data import CLASS_NAMES, ImageSet, load_images, load_subset, to_hwc_numpy
 from ddpm.jobs import JobRegistry
 from ddpm.model_card import EVALUATION_NAME, read_evaluation
 from ddpm.pipeline import Trajectory, generate, recommended_sampling, sampler_steps, trajectory
+from ddpm.preview import PRIOR, Preview, PreviewRequest, read_preview, weights_fingerprint
 from ddpm.result_cache import ResultCache
 from ddpm.server_limits import ServerLimits
 from ddpm.uploads import MAX_UPLOAD_BYTES, load_upload
@@ -54,7 +55,7 @@ PLOTLY_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "l
 PRETRAINED, PAPER, RUN, UPLOAD = "pretrained", "paper", "run", "upload"
 MODEL_LABELS = {PRETRAINED: "Pretrained model (default)", PAPER: "Paper's setup (seed)",
                 RUN: "Your training run", UPLOAD: "Your uploaded checkpoint"}
-PRIOR = "prior"  # the tissue picker's "a mix of tissues, as often as in the training split"
+SAMPLER_LABELS = {"ddpm": "DDPM (ancestral, all T steps)", "ddim": "DDIM (deterministic)", "dpmpp": "DPM-Solver++ (2M)"}
 MAX_GUIDANCE = 6.0
 
 
@@ -95,6 +96,18 @@ def _load_shipped(source: str) -> tuple[Checkpoint | None, str | None]:
 def real_images() -> tuple[ImageSet, str | None]:
     """The training split (or the bundled subset, with the reason as the second item)."""
     return load_images("train")
+
+
+@st.cache_resource(show_spinner=False)
+def bundled_real_images() -> ImageSet:
+    """The real patches shipped with the package (1,800, class-stratified): enough for a 16-patch grid, and read
+    in milliseconds where the full split takes seconds."""
+    return load_subset()
+
+
+@st.cache_resource(show_spinner=False)
+def _fingerprint(weights_folder: str) -> str:
+    return weights_fingerprint(weights_folder)
 
 
 @st.cache_resource
@@ -257,6 +270,24 @@ def run_evaluation(model: ActiveModel, n: int, progress, tissue: Tissue | None =
     return report
 
 
+# ---- samples made ahead of time (ddpm.preview) -----------------------------------------------
+def stored_preview(model: ActiveModel, request: PreviewRequest) -> Preview | None:
+    """The preview stored beside the model's weights (or beside the shipped copy of the same weights) if those
+    exact weights made it for exactly ``request``; None otherwise, and then the page samples live."""
+    if model.checkpoint.path is None:
+        return None
+    fingerprint = _fingerprint(str(model.checkpoint.path))
+    for folder in dict.fromkeys((model.checkpoint.path, SHIPPED_DIR / model.key.removeprefix("shipped:"))):
+        try:
+            preview = read_preview(folder, fingerprint, request)
+        except ValueError as err:
+            st.warning(f"{err}; sampling live instead.")
+            continue
+        if preview is not None:
+            return preview
+    return None
+
+
 # ---- heavy computations: one line for the whole server, cached sampling with a progress bar ----
 def in_turn(compute, bar, text: str):
     """``compute()`` once the server-wide compute gate lets it run; meanwhile ``bar`` says how many are ahead."""
@@ -292,7 +323,7 @@ def cached_trajectory(model: ActiveModel, sampler: str, steps: int | None, seed:
                                                 classes=classes, guidance=guidance))
 
 
-def cached_samples(model: ActiveModel, n: int, seed: int, sampler: str = "dpmpp", steps: int = 20,
+def cached_samples(model: ActiveModel, n: int, seed: int, sampler: str = "dpmpp", steps: int | None = 20,
                    tissue: Tissue | None = None) -> np.ndarray:
     """``n`` generated patches, uint8 (n, H, W, 3), computed once per (model, sampler, steps, seed, n, tissue);
     ``tissue.tissue`` may also be a list of class indices, one per patch."""

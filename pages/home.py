@@ -1,4 +1,5 @@
-"""Home: what the app is, fresh samples beside real patches, the model in use, the way in."""
+"""Home: what the app is, samples beside real patches (made ahead of time for the first view, else live),
+the model in use, the way in."""
 import random
 
 import streamlit as st
@@ -6,7 +7,9 @@ import streamlit as st
 from ddpm.data import CLASS_NAMES, DATA_CREDIT, to_hwc_numpy
 from ddpm.explain import describe_checkpoint, pick_patches
 from ddpm.figures import side_by_side_figure
-from pages._shared import PRIOR, cached_samples, keep_training_alive, model_picker, real_images, show, tissue_picker
+from ddpm.preview import PREVIEW_NAME, PREVIEW_SEED, home_request
+from pages._shared import (PRIOR, SAMPLER_LABELS, bundled_real_images, cached_samples, keep_training_alive, model_picker,
+                           show, stored_preview, tissue_picker)
 
 keep_training_alive()
 st.title("PathMNIST Diffusion Studio")
@@ -15,20 +18,34 @@ st.write("A denoising diffusion model that learned to paint 28×28 colorectal ti
 
 model = model_picker()
 tissue = tissue_picker(model, "home")
-if st.button("New samples", key="home_new") or "home_seed" not in st.session_state:
-    st.session_state["home_seed"] = random.randrange(1000)
-seed = st.session_state["home_seed"]
+if st.button("New samples", key="home_new"):
+    st.session_state["home_seed"] = random.randrange(1, 1000)  # never the preview's seed: New samples is always live
+seed = st.session_state.setdefault("home_seed", PREVIEW_SEED)
 
-real, data_warning = real_images()
-generated = cached_samples(model, n=16, seed=seed, tissue=tissue)
+# The first view asks for what `python -m ddpm preview` sampled ahead of time; it is shown only if these very
+# weights made it with these very settings, else (and for any other seed, tissue or guidance) we sample live.
+request = home_request(model.checkpoint, seed, *((tissue.tissue, tissue.guidance) if tissue else ()))
+preview = stored_preview(model, request)
+if preview is not None:
+    generated = preview.images
+else:
+    generated = cached_samples(model, n=request.n, seed=seed, sampler=request.sampler, steps=request.steps,
+                               tissue=tissue)
+real = bundled_real_images()
 asked = None if tissue is None or tissue.tissue == PRIOR else CLASS_NAMES[tissue.tissue]
 real_patches, _ = pick_patches(real, asked, 16, seed=seed)
 show(side_by_side_figure(generated, to_hwc_numpy(real_patches), f"generated (seed {seed})",
                          f"real {asked or 'PathMNIST'} patches", ncols=4), key="home_grid")
-what = "" if tissue is None else f"; {tissue.describe()}"
-st.caption(f"Left: 16 patches from {model.label.lower()} (DPM-Solver++, 20 steps{what}). Right: 16 real patches. {DATA_CREDIT}")
-if data_warning:
-    st.caption(f"Real patches: {real.source}.")
+settings = f"{SAMPLER_LABELS[request.sampler]}, {request.steps or 'all T'} steps"
+settings += "" if tissue is None else f"; {tissue.describe()}"
+if preview is not None:
+    st.caption(f"Left: 16 patches made ahead of time by these same weights ({model.label.lower()}; sha256 "
+               f"{preview.fingerprint[:12]}… of the model.safetensors in use, checked) with {settings}, seed {seed}, "
+               f"{preview.precision}, and stored beside them in {PREVIEW_NAME}. Press New samples, or change the tissue "
+               f"or guidance, to sample live. Right: 16 real patches from the {real.source}. {DATA_CREDIT}")
+else:
+    st.caption(f"Left: 16 patches sampled live from {model.label.lower()} ({settings}). "
+               f"Right: 16 real patches from the {real.source}. {DATA_CREDIT}")
 
 with st.expander("The model in use", expanded=True):
     st.markdown("\n".join(f"- **{k}**: {v}" for k, v in describe_checkpoint(model.checkpoint).items()))

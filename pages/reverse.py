@@ -6,9 +6,9 @@ from ddpm.export import trajectory_gif
 from ddpm.figures import denoising_animation_figure, side_by_side_figure, trajectory_times
 from ddpm.imaging import png_bytes
 from ddpm.pipeline import sampler_steps
-from pages._shared import Tissue, cached_trajectory, keep_training_alive, model_picker, results, show, tissue_picker
+from pages._shared import (SAMPLER_LABELS, Tissue, cached_trajectory, keep_training_alive, model_picker, results, show,
+                           tissue_picker)
 
-SAMPLER_LABELS = {"ddpm": "DDPM (ancestral, all T steps)", "ddim": "DDIM (deterministic)", "dpmpp": "DPM-Solver++ (2M)"}
 DEFAULTS = {"sampler": "dpmpp", "steps": 20, "seed": 0, "n": 9}
 
 keep_training_alive()

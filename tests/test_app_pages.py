@@ -6,7 +6,9 @@ T = 20) and on the bundled data subset, so each page renders in about a second.
 from __future__ import annotations
 
 import base64
+import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,17 +90,79 @@ def clicked(at: AppTest, label: str) -> AppTest:
 
 # ---- Home ---------------------------------------------------------------------------------------
 def test_home_shows_generated_beside_real_the_model_and_links_to_every_page(monkeypatch):
-    seeds = iter([1, 2])
-    monkeypatch.setattr("random.randrange", lambda n: next(seeds))
+    monkeypatch.setattr("random.randrange", lambda *bounds: 2)
     at = open_page()
     assert at.title[0].value == "PathMNIST Diffusion Studio"
     grid = chart(at, "home_grid")
     assert [t["type"] for t in grid["data"]] == ["image", "image"]
-    assert grid["layout"]["annotations"][0]["text"] == "generated (seed 1)"
+    assert grid["layout"]["annotations"][0]["text"] == "generated (seed 0)"  # the first view is seed 0, for everyone
+    assert "sampled live" in texts(at, "caption")  # this tiny model has no preview beside it
     assert "local folder" in texts(at, "markdown") and "seed U-Net" in texts(at, "markdown")
     assert len(at.get("page_link")) == 5
     at = clicked(at, "New samples")
     assert chart(at, "home_grid")["layout"]["annotations"][0]["text"] == "generated (seed 2)"
+
+
+def left_grid(at: AppTest) -> np.ndarray:
+    """The generated grid Home drew, decoded from its PNG data URI: (rows, cols, 3) uint8."""
+    from PIL import Image
+
+    source = chart(at, "home_grid")["data"][0]["source"]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGB"))
+
+
+def model_with_preview(folder: Path, preview_of: Path | None = None, seed: int = 0) -> Path:
+    """A tiny model in ``folder`` and beside it the preview of ``preview_of``'s weights (its own by default),
+    with every patch painted the colour (7, 77, 177) so the test can tell stored patches from sampled ones."""
+    from ddpm.checkpoints import load_local
+    from ddpm.preview import home_request, make_preview, write_preview
+
+    torch.manual_seed(seed)
+    cfg = UNetConfig(architecture="seed", channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=())
+    save_checkpoint(folder, build_unet(cfg), make_config(cfg, ScheduleConfig(num_timesteps=T), preset="seed"))
+    maker = load_local(preview_of or folder)
+    preview = make_preview(maker, home_request(maker), precision="fp32")
+    painted = np.empty_like(preview.images)
+    painted[...] = (7, 77, 177)
+    write_preview(folder, replace(preview, images=painted))
+    return folder
+
+
+def test_home_first_shows_the_preview_made_by_these_weights_says_so_and_new_samples_are_live(tmp_path, monkeypatch):
+    from ddpm.preview import weights_fingerprint
+
+    folder = model_with_preview(tmp_path / "with-preview")
+    monkeypatch.setenv("DDPM_MODEL", str(folder))
+    monkeypatch.setattr("random.randrange", lambda *bounds: 5)
+    at = open_page()
+    caption = texts(at, "caption")
+    assert "made ahead of time by these same weights" in caption and weights_fingerprint(folder)[:12] in caption
+    assert "seed 0" in caption and "20 steps" in caption and "preview.npz" in caption
+    assert (left_grid(at)[5, 5] == (7, 77, 177)).all()  # a pixel inside the first patch: the stored one
+    at = clicked(at, "New samples")
+    assert "sampled live" in texts(at, "caption") and "made ahead of time" not in texts(at, "caption")
+    assert chart(at, "home_grid")["layout"]["annotations"][0]["text"] == "generated (seed 5)"
+    assert not (left_grid(at)[5, 5] == (7, 77, 177)).all()
+
+
+def test_home_never_shows_a_preview_made_by_other_weights(tmp_path, monkeypatch):
+    other = model_with_preview(tmp_path / "other", seed=1)
+    folder = model_with_preview(tmp_path / "retrained", preview_of=other, seed=2)
+    monkeypatch.setenv("DDPM_MODEL", str(folder))
+    at = open_page()
+    assert "sampled live" in texts(at, "caption") and "made ahead of time" not in texts(at, "caption")
+    assert not (left_grid(at)[5, 5] == (7, 77, 177)).all()
+
+
+def test_home_takes_its_real_patches_from_the_bundled_subset_not_the_full_split(monkeypatch):
+    def full_split(*args, **kwargs):
+        raise AssertionError("Home read the full training split")
+
+    monkeypatch.setattr("ddpm.data.load_pathmnist", full_split)
+    st.cache_resource.clear()
+    at = open_page()
+    assert "bundled subset of the PathMNIST training split" in texts(at, "caption")
+    assert chart(at, "home_grid")["data"][1]["type"] == "image"
 
 
 @pytest.mark.skipif(not (Path(APP).parent / "checkpoints" / "default" / "model.safetensors").is_file(),

@@ -75,14 +75,17 @@ def write_tiny_model(folder: Path) -> Path:
 
 
 class AppServer:
-    """``streamlit run app.py`` on a free port; ``env`` is added to this process's environment.
+    """``streamlit run app.py`` on a free port; ``env`` is added to this process's environment, ``repo`` is the
+    checkout whose app.py runs (this one by default; another, e.g. a git worktree of an older commit, to compare).
 
     ``start()`` returns once ``/_stcore/health`` answers (the seconds it took are ``ready_s``);
     ``stop()`` terminates the process (then kills it) and waits for it.  The log goes to ``log_path``.
     """
 
-    def __init__(self, env: dict[str, str] | None = None, port: int | None = None, log_path: Path | None = None):
+    def __init__(self, env: dict[str, str] | None = None, port: int | None = None, log_path: Path | None = None,
+                 repo: Path = REPO):
         self.port = port or free_port()
+        self.repo = Path(repo)
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = log_path
         self.command = ["streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(self.port),
@@ -104,7 +107,7 @@ class AppServer:
     def start(self, timeout: float = 120.0) -> "AppServer":
         self._log = open(self.log_path, "w") if self.log_path else None
         self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", *self.command], cwd=REPO, env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", *self.command], cwd=self.repo, env=self.env,
                                      stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = self.started_at + timeout
         while time.perf_counter() < deadline:
