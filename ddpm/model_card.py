@@ -48,38 +48,77 @@ def model_card(folder: str | Path, repo_id: str | None = None) -> str:
     sched_cfg = ScheduleConfig.from_dict(config["schedule"])
     sched = NoiseSchedule.from_config(sched_cfg)
     train = config.get("training", {})
+    conditional = config["model"].get("num_classes") is not None
+    rec = {"sampler": "dpmpp", "steps": 20, "guidance": 1.0, **(config.get("sampling") or {})}
+    kind = (f"A tissue-conditional denoising diffusion model ({config['model']['num_classes']} tissues, classifier-free "
+            "guidance)" if conditional else "An unconditional denoising diffusion model")
+    call = (f"generate(ckpt.model, ckpt.schedule, n=16, sampler={rec['sampler']!r}, num_steps={rec['steps']}, seed=0, "
+            f"classes='adipose', guidance={rec['guidance']:g})" if conditional else
+            "generate(ckpt.model, ckpt.schedule, n=16, sampler='dpmpp', num_steps=20, seed=0)")
     lines = [
-        "---", "license: cc-by-4.0", "library_name: ddpm", "pipeline_tag: unconditional-image-generation",
-        "tags:", "- diffusion", "- ddpm", "- histopathology", "- medmnist", "- pathmnist", "---", "",
+        "---", "license: cc-by-4.0", "library_name: ddpm",
+        *([] if conditional else ["pipeline_tag: unconditional-image-generation"]),
+        "tags:", "- diffusion", "- ddpm", "- histopathology", "- medmnist", "- pathmnist",
+        *(["- class-conditional", "- classifier-free-guidance"] if conditional else []), "---", "",
         f"# DDPM for PathMNIST ({config.get('preset', 'custom')} preset)", "",
-        "An unconditional denoising diffusion model that generates 28×28 RGB colorectal-tissue patches like those of "
-        "PathMNIST. Made with the `ddpm` package of PathMNIST Diffusion Studio.", "",
+        f"{kind} that generates 28×28 RGB colorectal-tissue patches like those of PathMNIST. Made with the `ddpm` "
+        "package of PathMNIST Diffusion Studio.", "",
         "## Use", "```python", "from ddpm import load_checkpoint, generate",
         f"ckpt = load_checkpoint({(repo_id or str(folder))!r})",
-        "images = generate(ckpt.model, ckpt.schedule, n=16, sampler='dpmpp', num_steps=20, seed=0)  # (16, 3, 28, 28) in [-1, 1]",
-        "```", f"or `python -m ddpm sample --checkpoint {repo_id or folder} -n 64 --out samples`.", "",
+        f"images = {call}  # (16, 3, 28, 28) in [-1, 1]",
+        "```", f"or `python -m ddpm sample --checkpoint {repo_id or folder} -n 64 --out samples`"
+        + (" (`--class NAME` for one tissue; without it, tissues are drawn as often as in the training split)."
+           if conditional else "."), "",
         "## Model", f"- Network: {config['model']['architecture']} U-Net, {train.get('parameters', '?'):,} parameters"
         if isinstance(train.get("parameters"), int) else f"- Network: {config['model']['architecture']} U-Net",
         f"- Schedule: {sched_cfg.kind}, T = {sched_cfg.num_timesteps}, zero terminal SNR: {sched_cfg.zero_terminal_snr} "
         f"(√ᾱ_T = {sched.terminal_signal:.3f}); the network predicts {sched_cfg.prediction_type}.",
     ]
+    if conditional:
+        names = config.get("class_names") or []
+        lines.append(f"- Conditioning: {len(names) or config['model']['num_classes']} tissue classes"
+                     + (f" ({', '.join(names)})" if names else "") + f", labels dropped to 'no class' in "
+                     f"{train.get('p_uncond', '?')} of training examples; guidance uncond + s·(cond − uncond).")
     if train:
+        seconds = train.get("train_seconds", 0)
+        took = f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+        where = train.get("device", "?") + (f" ({train['device_name']})" if train.get("device_name") else "")
+        torch_note = f" (torch {train['torch']})" if train.get("torch") else ""
         lines += [f"- Training: {train.get('steps')} steps ({train.get('epochs')} epochs, {train.get('images_seen', 0):,} images seen), "
-                  f"{train.get('optimizer')} lr {train.get('lr')}, batch {train.get('effective_batch', train.get('batch_size'))}, "
+                  f"{train.get('optimizer')} lr {train.get('lr')}"
+                  f"{' with cosine decay' if train.get('lr_decay') == 'cosine' else ''}, "
+                  f"batch {train.get('effective_batch', train.get('batch_size'))}, "
                   f"EMA {train.get('ema_decay')}, loss weighting {train.get('loss_weighting')}, "
                   f"augmentation {'flips and 90° rotations' if train.get('augment') else 'none'}, "
-                  f"{'bf16' if train.get('bf16') else 'fp32'} on {train.get('device')}, {train.get('train_seconds', 0) / 3600:.1f} h."]
+                  f"{'bf16' if train.get('bf16') else 'fp32'}{', torch.compile' if train.get('compile') else ''} on "
+                  f"{where}{torch_note}, "
+                  f"{took} of training."]
+    if config.get("init_from"):
+        lines.append(f"- Started from: {config['init_from']}.")
+    if config.get("sampling"):
+        lines.append(f"- Recommended sampling: {rec['sampler']} with {rec['steps']} steps, guidance {rec['guidance']:g}"
+                     + (f" ({rec['chosen_by']})" if rec.get("chosen_by") else "") + ".")
     if config.get("data"):
         lines.append(f"- Data: {config['data']}")
     rep = read_evaluation(folder)
     if rep is not None:
         m, floor = rep["metrics"], rep.get("floor", {})
+        sampling = rep.get("sampling", {})
+        guided = f", guidance {sampling['guidance']:g}, tissues drawn from the training prior" if sampling.get("guidance") is not None else ""
         lines += ["", "## Evaluation", f"{rep['protocol']['n_generated']} samples "
-                  f"({rep.get('sampling', {}).get('sampler', '?')}, {rep.get('sampling', {}).get('steps', '?')} steps) against "
+                  f"({sampling.get('sampler', '?')}, {sampling.get('steps', '?')} steps{guided}) against "
                   f"{rep['protocol']['reference']}, in the feature space of the shipped tissue encoder.", "",
                   "| metric | model | real-vs-real floor |", "|---|---:|---:|"]
-        for key in ("fd", "kid_mean", "precision", "recall", "density", "coverage", "class_tv", "memorization_share"):
-            lines.append(f"| {key} | {m[key]:.4g} | {floor.get(key, float('nan')):.4g} |")
+        for key in ("fd", "kid_mean", "precision", "recall", "density", "coverage", "class_tv", "conditional_accuracy",
+                    "memorization_share"):
+            if key in m:
+                lines.append(f"| {key} | {m[key]:.4g} | {floor.get(key, float('nan')):.4g} |")
+        if rep.get("per_class"):
+            lines += ["", "Per tissue (samples asked for it against real patches of it):", "",
+                      "| tissue | n | FD | FD floor | conditional accuracy |", "|---|---:|---:|---:|---:|"]
+            for c in rep["per_class"]:
+                fmt = lambda k: f"{c[k]:.4g}" if k in c else "–"  # noqa: E731
+                lines.append(f"| {c['class']} | {c['n']} | {fmt('fd')} | {fmt('fd_floor')} | {fmt('conditional_accuracy')} |")
     lines += ["", "## Data and credit", DATA_CREDIT,
               "Data licence: CC BY 4.0. Cite Yang et al., *MedMNIST v2*, Scientific Data 2023, and Kather et al., "
               "*Predicting survival from colorectal cancer histology slides using deep learning*, PLOS Medicine 2019.", "",
