@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .imaging import image_grid  # noqa: F401  (re-exported: it lived here first)
+
 #: PathMNIST's tissue classes (medmnist.INFO["pathmnist"]["label"], NCT-CRC-HE-100K).
 CLASS_NAMES: tuple[str, ...] = (
     "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
@@ -197,16 +199,3 @@ def dihedral_augment(x: torch.Tensor, generator: torch.Generator | None = None) 
     x = torch.where(flips[0], x.flip(3), x)
     x = torch.where(flips[1], x.flip(2), x)
     return torch.where(flips[2], x.transpose(2, 3), x)
-
-
-def image_grid(images_hwc: np.ndarray, ncols: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
-    """Tile (N, H, W, 3) uint8 images into one (rows·(H+pad)+pad, cols·(W+pad)+pad, 3) array."""
-    n, h, w, c = images_hwc.shape
-    ncols = ncols or int(np.ceil(np.sqrt(n)))
-    nrows = int(np.ceil(n / ncols))
-    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), pad_value, dtype=np.uint8)
-    for i, img in enumerate(images_hwc):
-        r, col = divmod(i, ncols)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
-    return grid
-

@@ -2,21 +2,23 @@
 
 Images arrive as uint8 (N, H, W, 3) numpy arrays (``data.to_hwc_numpy``) and are drawn as one
 ``go.Image`` per panel, encoded as a PNG data URI (compact, and the browser draws pixels crisply).
-Nothing here imports Streamlit; tests check traces and frames directly.
+Nothing here imports Streamlit, nor torch (Home draws its grid's frame before the library loads torch);
+tests check traces and frames directly.
 """
 from __future__ import annotations
 
 import base64
 import math
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .data import CLASS_NAMES, image_grid
-from .imaging import frame_indices, png_bytes
-from .schedules import NoiseSchedule
+from .imaging import frame_indices, image_grid, png_bytes
+
+if TYPE_CHECKING:
+    from .schedules import NoiseSchedule
 
 REAL_COLOR = "#6c757d"
 GENERATED_COLOR = "#b03a7a"  # eosin pink
@@ -74,6 +76,15 @@ def side_by_side_figure(left_hwc: np.ndarray, right_hwc: np.ndarray, left_title:
     fig = make_subplots(1, 2, subplot_titles=(left_title, right_title), horizontal_spacing=0.04)
     fig.add_trace(_image_trace(_grid(left_hwc, ncols), left_title), 1, 1)
     fig.add_trace(_image_trace(_grid(right_hwc, ncols), right_title), 1, 2)
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=40, b=0), showlegend=False)
+    return _hide_axes(fig)
+
+
+def side_by_side_frame(left_title: str, right_title: str, height: int = 380) -> go.Figure:
+    """The frame of a ``side_by_side_figure`` before its images exist: both titles, an empty trace per panel."""
+    fig = make_subplots(1, 2, subplot_titles=(left_title, right_title), horizontal_spacing=0.04)
+    for col in (1, 2):
+        fig.add_trace(go.Scatter(x=[], y=[], hoverinfo="skip"), 1, col)
     fig.update_layout(height=height, margin=dict(l=0, r=0, t=40, b=0), showlegend=False)
     return _hide_axes(fig)
 
@@ -236,9 +247,14 @@ def loss_curve_figure(steps: Sequence[int], losses: Sequence[float], smoothing: 
 
 
 def class_histogram_figure(generated: Sequence[float], real: Sequence[float],
-                           class_names: Sequence[str] = CLASS_NAMES,
+                           class_names: Sequence[str] | None = None,
                            labels: tuple[str, str] = ("generated (encoder's call)", "training data")) -> go.Figure:
-    """Share of each tissue class among generated patches (as the encoder classifies them) and real ones."""
+    """Share of each tissue class among generated patches (as the encoder classifies them) and real ones
+    (``class_names`` default: PathMNIST's)."""
+    if class_names is None:
+        from .data import CLASS_NAMES
+
+        class_names = CLASS_NAMES
     if not len(generated) == len(real) == len(class_names):
         raise ValueError(f"need one share per class ({len(class_names)}), got {len(generated)} and {len(real)}")
     fig = go.Figure([

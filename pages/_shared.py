@@ -148,8 +148,9 @@ def visitor() -> str:
     return st.session_state["visitor"]
 
 
-def show(fig, key: str) -> None:
-    st.plotly_chart(fig, key=key, config=PLOTLY_CONFIG)
+def show(fig, key: str, where=st) -> None:
+    """Draw a Plotly figure (in ``where``: a container or an ``st.empty`` slot, else the page)."""
+    where.plotly_chart(fig, key=key, config=PLOTLY_CONFIG)
 
 
 # ---- the model in use -------------------------------------------------------------------------
@@ -200,8 +201,9 @@ def _upload_box() -> None:
             st.error(f"This upload cannot be used: {err}")
 
 
-def model_picker() -> ActiveModel:
-    """Sidebar model choice (shared by the pages that sample); stops the page with a message if it cannot load."""
+def model_picker(drawn_ahead=None) -> ActiveModel:
+    """Sidebar model choice (shared by the pages that sample); stops the page with a message if it cannot load,
+    emptying ``drawn_ahead`` (an ``st.empty`` slot the page filled before loading the model), if given."""
     _upload_box()
     options = [PRETRAINED, PAPER]
     if _run_checkpoint() is not None:
@@ -215,6 +217,8 @@ def model_picker() -> ActiveModel:
     st.session_state["model_name"] = choice
     model, error = load_model(choice)
     if model is None:
+        if drawn_ahead is not None:
+            drawn_ahead.empty()
         st.error(f"The {MODEL_LABELS[choice].lower()} cannot be loaded: {error}")
         st.stop()
     for warning in model.checkpoint.warnings:

@@ -4,21 +4,26 @@ import random
 
 import streamlit as st
 
-from ddpm.data import CLASS_NAMES, DATA_CREDIT, to_hwc_numpy
-from ddpm.explain import describe_checkpoint, pick_patches
-from ddpm.figures import side_by_side_figure
-from ddpm.preview import PREVIEW_NAME, PREVIEW_SEED, home_request
-from pages._shared import (PRIOR, SAMPLER_LABELS, bundled_real_images, cached_samples, keep_training_alive, model_picker,
-                           show, stored_preview, tissue_picker)
+from ddpm.figures import side_by_side_figure, side_by_side_frame  # Plotly and NumPy only: no torch yet
 
-keep_training_alive()
 st.title("PathMNIST Diffusion Studio")
 st.write("A denoising diffusion model that learned to paint 28×28 colorectal tissue patches. Here it runs, "
          "trains and is measured live: watch noise turn into tissue, then see how close it comes to the real thing.")
+# The grid's empty frame goes out before the library imports torch (about a second on first load): the browser
+# fetches its chart code (Plotly.js, 4.7 MB) meanwhile instead of afterwards (bench/startup_time.py).
+controls, grid = st.container(), st.empty()
+grid.plotly_chart(side_by_side_frame("generated", "real patches"))
 
-model = model_picker()
-tissue = tissue_picker(model, "home")
-if st.button("New samples", key="home_new"):
+from ddpm.data import CLASS_NAMES, DATA_CREDIT, to_hwc_numpy  # noqa: E402
+from ddpm.explain import describe_checkpoint, pick_patches  # noqa: E402
+from ddpm.preview import PREVIEW_NAME, PREVIEW_SEED, home_request  # noqa: E402
+from pages._shared import (PRIOR, SAMPLER_LABELS, bundled_real_images, cached_samples, keep_training_alive,  # noqa: E402
+                           model_picker, show, stored_preview, tissue_picker)
+
+keep_training_alive()
+model = model_picker(drawn_ahead=grid)
+tissue = tissue_picker(model, "home", controls)
+if controls.button("New samples", key="home_new"):
     st.session_state["home_seed"] = random.randrange(1, 1000)  # never the preview's seed: New samples is always live
 seed = st.session_state.setdefault("home_seed", PREVIEW_SEED)
 
@@ -35,7 +40,7 @@ real = bundled_real_images()
 asked = None if tissue is None or tissue.tissue == PRIOR else CLASS_NAMES[tissue.tissue]
 real_patches, _ = pick_patches(real, asked, 16, seed=seed)
 show(side_by_side_figure(generated, to_hwc_numpy(real_patches), f"generated (seed {seed})",
-                         f"real {asked or 'PathMNIST'} patches", ncols=4), key="home_grid")
+                         f"real {asked or 'PathMNIST'} patches", ncols=4), key="home_grid", where=grid)
 settings = f"{SAMPLER_LABELS[request.sampler]}, {request.steps or 'all T'} steps"
 settings += "" if tissue is None else f"; {tissue.describe()}"
 if preview is not None:

@@ -99,8 +99,10 @@ def test_home_shows_generated_beside_real_the_model_and_links_to_every_page(monk
     assert "sampled live" in texts(at, "caption")  # this tiny model has no preview beside it
     assert "local folder" in texts(at, "markdown") and "seed U-Net" in texts(at, "markdown")
     assert len(at.get("page_link")) == 5
+    assert chart_keys(at) == ["home_grid"]  # the frame drawn before the model loaded was replaced, not kept
     at = clicked(at, "New samples")
     assert chart(at, "home_grid")["layout"]["annotations"][0]["text"] == "generated (seed 2)"
+    assert chart_keys(at) == ["home_grid"]
 
 
 def left_grid(at: AppTest) -> np.ndarray:

@@ -135,6 +135,14 @@ def test_loss_curve_figure_has_raw_and_smoothed_traces_on_a_log_axis():
     assert len(empty.data) == 2 and len(empty.data[0].x) == 0
 
 
+def test_side_by_side_frame_has_the_figures_titles_and_size_but_no_images():
+    frame = figures.side_by_side_frame("generated", "real patches")
+    full = figures.side_by_side_figure(_images(4), _images(4, seed=1), "generated", "real patches")
+    assert [a.text for a in frame.layout.annotations] == [a.text for a in full.layout.annotations]
+    assert frame.layout.height == full.layout.height
+    assert [t.type for t in frame.data] == ["scatter", "scatter"] and all(len(t.x) == 0 for t in frame.data)
+
+
 def test_class_histogram_figure_groups_generated_and_real_by_class():
     gen, real = np.full(9, 1 / 9), np.linspace(0, 2 / 9, 9)
     fig = figures.class_histogram_figure(gen, real)

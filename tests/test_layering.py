@@ -77,3 +77,12 @@ def test_ddpm_imports_neither_streamlit_nor_the_app_text():
     offenders = {module_name(p): sorted(m for m in imports_of(p) if m.split(".")[0] == "streamlit" or m == UI_TEXT)
                  for p in DDPM.rglob("*.py") if module_name(p) != UI_TEXT}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_figures_module_loads_without_torch_so_home_can_draw_before_the_library_loads():
+    import subprocess
+    import sys
+
+    code = "import sys, ddpm.figures; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=DDPM.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "ddpm.figures (or a module it imports at the top) now imports torch"
