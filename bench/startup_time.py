@@ -89,6 +89,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="startup-before-") as tmp:
         trees = {"after" if args.before else "this checkout": REPO}
         if args.before:
@@ -115,7 +116,8 @@ def main() -> None:
     report = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.machine(),
                        "cpu_cores": os.cpu_count(), "command": " ".join(command),
                        "env": {"HF_HUB_OFFLINE": "1", **{k: v for k, v in os.environ.items() if k.startswith("DDPM_")}},
-                       "repeats": args.repeats, "interleaved": bool(args.before), "note": args.note},
+                       "repeats": args.repeats, "interleaved": bool(args.before), "note": args.note,
+                       "load_average_1_5_15_min": {"start": load_before, "end": [round(x, 2) for x in os.getloadavg()]}},
               "variants": variants}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "startup_time.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -128,7 +130,8 @@ def markdown(report: dict) -> str:
     how = "alternately from each checkout (before, after, before, …)" if m["interleaved"] else ""
     lines = [f"**Start-up time.** Measured {m['date']} on {m['cpu_cores']} CPU cores ({m['machine']}): `{m['command']}` "
              f"with env {m['env']}, {m['repeats']} fresh servers per checkout{', started ' + how if how else ''}; "
-             f"seconds since the launch, seen from Chromium. {m['note']}", ""]
+             f"seconds since the launch, seen from Chromium. {m['note']} Load average (1, 5, 15 min) "
+             f"{m['load_average_1_5_15_min']['start']} at the start, {m['load_average_1_5_15_min']['end']} at the end.", ""]
     for name, v in variants.items():
         med = v["median"]
         lines.append(f"- **{name}** (commit {v['commit']}): **Home's first chart drawn {med['first_chart_s']:.1f} s "
