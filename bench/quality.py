@@ -214,12 +214,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", nargs="*", help="row slugs to run (default: all)")
     parser.add_argument("--list", action="store_true", help="print the rows' slugs and exit")
+    parser.add_argument("--render", action="store_true", help="score nothing: rewrite quality.md, the grids and the "
+                        "default's recommended sampling from quality.json and the cached samples")
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--checkpoint-reports", action="store_true",
                         help="also write the default's and the seed's canonical reports to checkpoints/<name>/evaluation.{json,png}")
     parser.add_argument("--samples-only", action="store_true", help="generate and cache the rows' samples; score nothing")
     parser.add_argument("--shard", default="0/1", help="with --samples-only: make shard I of K of each row (I/K)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--guidance", type=float, help="with --samples-only: make the rows after the sweep at this "
+                        "guidance before the sweep is scored (they are scored once it chooses the same)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -233,6 +237,10 @@ def main() -> None:
     out_json = RESULTS / "quality.json"
     table = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": {}}
     guidance = chosen_guidance(table)
+    if args.guidance is not None:
+        if not args.samples_only:
+            sys.exit("--guidance only makes samples ahead of the sweep's choice; the scored rows follow the choice")
+        guidance = args.guidance
     known = {slug(r.name): r for r in rows_for(guidance)}
     unknown = [r for r in args.rows or [] if r not in known]
     if unknown:
@@ -250,7 +258,7 @@ def main() -> None:
     if data.note:
         sys.exit(f"the quality table needs the full PathMNIST file: {data.note}")
     encoder = load_encoder()
-    for row in selected:
+    for row in [] if args.render else selected:
         images, per_1000, source, threads, labels = samples_for(row, args.n, args.seed, args.fresh)
         report = evaluate_images(images, data, encoder, seed=args.seed, with_floor="floor" not in table, progress=True,
                                  requested=labels)

@@ -302,6 +302,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def checkpoint_summary(ckpt) -> dict:
+    from .pipeline import recommended_sampling
     from .unet import count_parameters
 
     sched = ckpt.schedule
@@ -309,7 +310,9 @@ def checkpoint_summary(ckpt) -> dict:
             "model": ckpt.config["model"], "schedule": ckpt.config["schedule"],
             "terminal_signal_sqrt_alphas_cumprod_T": round(sched.terminal_signal, 6),
             "terminal_snr": sched.terminal_snr, "training": ckpt.config.get("training"),
-            "data": ckpt.config.get("data"), "weights_dtype": ckpt.config.get("weights_dtype")}
+            "data": ckpt.config.get("data"), "weights_dtype": ckpt.config.get("weights_dtype"),
+            "class_names": ckpt.config.get("class_names"), "init_from": ckpt.config.get("init_from"),
+            "sampling": recommended_sampling(ckpt.config)}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
