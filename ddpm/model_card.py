@@ -112,7 +112,7 @@ def model_card(folder: str | Path, repo_id: str | None = None) -> str:
         for key in ("fd", "kid_mean", "precision", "recall", "density", "coverage", "class_tv", "conditional_accuracy",
                     "memorization_share"):
             if key in m:
-                lines.append(f"| {key} | {m[key]:.4g} | {floor.get(key, float('nan')):.4g} |")
+                lines.append(f"| {key} | {m[key]:.4g} | {f'{floor[key]:.4g}' if key in floor else '–'} |")
         if rep.get("per_class"):
             lines += ["", "Per tissue (samples asked for it against real patches of it):", "",
                       "| tissue | n | FD | FD floor | conditional accuracy |", "|---|---:|---:|---:|---:|"]

@@ -155,3 +155,32 @@ def test_a_stored_evaluation_is_read_and_an_unreadable_one_is_an_error_naming_it
     (tmp_path / EVALUATION_NAME).write_text("{broken")
     with pytest.raises(ValueError, match=f"{tmp_path / EVALUATION_NAME} cannot be read"):
         read_evaluation(tmp_path)
+
+
+def test_a_conditional_models_card_names_its_tissues_guidance_hardware_and_per_tissue_scores(
+        tmp_path, tiny_config, tiny_schedule_config, tiny_train_config, tiny_images):
+    folder = tmp_path / "cond"
+    labels = torch.arange(len(tiny_images)) % 9
+    names = [f"tissue {i}" for i in range(9)]
+    Trainer(replace(tiny_config, num_classes=9), tiny_schedule_config, replace(tiny_train_config, max_steps=1),
+            tiny_images, out_dir=folder, device="cpu", labels=labels,
+            extra_config={"preset": "tiny", "class_names": names, "init_from": "an older run"}).train()
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    config["sampling"] = {"sampler": "dpmpp", "steps": 20, "guidance": 1.5, "chosen_by": "its sweep"}
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    per_class = [{"class": n, "n": 10, "fd": 2.0, "fd_floor": 0.5, "conditional_accuracy": 0.9} for n in names]
+    report = {**EVALUATION, "metrics": {**EVALUATION["metrics"], "conditional_accuracy": 0.95},
+              "sampling": {**EVALUATION["sampling"], "guidance": 1.5}, "per_class": per_class}
+    (folder / EVALUATION_NAME).write_text(json.dumps(report))
+    card = model_card(folder, "owner/cond")
+    meta = front_matter(card)
+    assert "pipeline_tag" not in meta and {"class-conditional", "classifier-free-guidance"} <= set(meta["tags"])
+    assert "A tissue-conditional denoising diffusion model (9 tissues" in card
+    assert "classes='adipose', guidance=1.5" in card and "`--class NAME`" in card
+    assert f"- Conditioning: 9 tissue classes ({', '.join(names)})" in card
+    assert "on cpu (" in card and f"(torch {torch.__version__})" in card
+    assert "- Started from: an older run." in card
+    assert "- Recommended sampling: dpmpp with 20 steps, guidance 1.5 (its sweep)." in card
+    assert "guidance 1.5, tissues drawn from the training prior" in card
+    assert "| conditional_accuracy | 0.95 | – |" in card
+    assert "| tissue 3 | 10 | 2 | 0.5 | 0.9 |" in card
