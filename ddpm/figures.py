@@ -103,8 +103,8 @@ def tissue_rows_figure(generated_hwc: np.ndarray, real_hwc: np.ndarray, class_na
                               height=70 + 52 * len(class_names))
     h, pad = generated_hwc.shape[1], 2
     for row, name in enumerate(class_names):
-        fig.add_annotation(x=0, y=pad + row * (h + pad) + h / 2, xref="x", yref="y", text=name, showarrow=False,
-                           xanchor="right", font=dict(size=11))
+        fig.add_annotation(x=0, y=pad + row * (h + pad) + h / 2, xref="paper", yref="y", text=name, showarrow=False,
+                           xanchor="right", font=dict(size=11))  # in the left margin, outside the image's x range
     fig.update_layout(margin=dict(l=150, r=0, t=40, b=0))
     return fig
 
