@@ -5,6 +5,7 @@ Both consume ``samplers.sample_progressive``; nothing here is math.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -19,7 +20,9 @@ from .schedules import NoiseSchedule
 #: What ``generate`` and ``python -m ddpm sample`` use when nothing is asked for; a checkpoint's config may
 #: override them in its "sampling" section (chosen from its own guidance sweep, bench/quality.py).
 DEFAULT_SAMPLING = {"sampler": "dpmpp", "steps": 20, "guidance": 1.0}
-Classes = "int | str | list[int] | torch.Tensor | None"
+#: A tissue request: None or "prior" (draws from the training prior), one class (index or name) for every image,
+#: or one index per image.
+Classes = Union[int, str, Sequence[int], torch.Tensor, None]
 
 
 def recommended_sampling(config: dict | None) -> dict:
