@@ -22,7 +22,7 @@ from torch import nn
 
 from .limits import check_checkpoint_config
 from .schedules import NoiseSchedule, ScheduleConfig
-from .unet import UNetConfig, build_unet
+from .unet import UNetConfig, build_unet, state_dict_mismatch
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -166,10 +166,8 @@ def load_state_dict_checked(model: nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}); it is corrupt or truncated: "
                               "re-download it or save the checkpoint again.") from err
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    missing, unexpected, shapes = state_dict_mismatch(expected, state)
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(expected[k].shape)}" for k in shapes]
     if missing or unexpected or wrong:
         details = "; ".join(filter(None, [
             f"missing tensors {missing[:4]}{'…' if len(missing) > 4 else ''}" if missing else "",

@@ -50,13 +50,13 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
 def sampling_settings(args: argparse.Namespace, ckpt, n: int, seed: int) -> tuple[str, int | None, object, float]:
     """(sampler, steps, classes (n,) tensor or None, guidance) from the options and the checkpoint's recommendation;
     --class or --guidance for an unconditional model is a ValueError."""
-    from .pipeline import recommended_sampling, resolve_classes
+    from .pipeline import PRIOR, recommended_sampling, resolve_classes
 
     rec = recommended_sampling(ckpt.config)
     sampler = args.sampler or rec["sampler"]
     steps = args.steps if args.steps is not None else (None if sampler == "ddpm" else rec["steps"])
     num_classes = ckpt.model_config.num_classes
-    if num_classes is None and (args.guidance is not None or args.tissue not in (None, "prior")):
+    if num_classes is None and (args.guidance is not None or args.tissue not in (None, PRIOR)):
         raise ValueError(f"{ckpt.source} is an unconditional model: --class and --guidance need a tissue-conditional one")
     guidance = (args.guidance if args.guidance is not None else rec["guidance"]) if num_classes is not None else 1.0
     return sampler, steps, resolve_classes(num_classes, n, args.tissue, seed), guidance

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import class_index, class_prior, to_hwc_numpy
+from .data import CLASS_NAMES, class_index, class_prior, to_hwc_numpy
 from .device import Precision, use_bf16
 from .samplers import SamplerName, guided_model, sample_progressive, trailing_timesteps
 from .schedules import NoiseSchedule
@@ -20,7 +20,8 @@ from .schedules import NoiseSchedule
 #: What ``generate`` and ``python -m ddpm sample`` use when nothing is asked for; a checkpoint's config may
 #: override them in its "sampling" section (chosen from its own guidance sweep, bench/quality.py).
 DEFAULT_SAMPLING = {"sampler": "dpmpp", "steps": 20, "guidance": 1.0}
-#: A tissue request: None or "prior" (draws from the training prior), one class (index or name) for every image,
+PRIOR = "prior"  # a tissue request: draws from the training split's class frequencies
+#: A tissue request: None or PRIOR (draws from the training prior), one class (index or name) for every image,
 #: or one index per image.
 Classes = Union[int, str, Sequence[int], torch.Tensor, None]
 
@@ -33,18 +34,20 @@ def recommended_sampling(config: dict | None) -> dict:
 def resolve_classes(num_classes: int | None, n: int, classes: Classes = None, seed: int = 0) -> torch.Tensor | None:
     """The (n,) class labels to ask for, or None for an unconditional model.
 
-    ``classes``: None or "prior" (draws from the training split's class frequencies, seeded), one class
+    ``classes``: None or PRIOR (draws from the training split's class frequencies, seeded), one class
     (index or name) for all n, or a sequence of n indices.
     """
+    from_prior = classes is None or (isinstance(classes, str) and classes == PRIOR)
     if num_classes is None:
-        if classes is not None and not (isinstance(classes, str) and classes == "prior"):
+        if not from_prior:
             raise ValueError("this model is unconditional: it cannot be asked for a tissue class (leave classes unset)")
         return None
-    if classes is None or (isinstance(classes, str) and classes == "prior"):
-        prior = class_prior() if num_classes == len(class_prior()) else torch.full((num_classes,), 1.0 / num_classes)
+    pathmnist = num_classes == len(CLASS_NAMES)  # names and prior are PathMNIST's; other class counts use indices
+    if from_prior:
+        prior = class_prior() if pathmnist else torch.full((num_classes,), 1.0 / num_classes)
         return torch.multinomial(prior, n, replacement=True, generator=torch.Generator().manual_seed(seed + 7_777_777))
     if isinstance(classes, (int, str)):
-        idx = class_index(classes) if num_classes == len(class_prior()) else int(classes)
+        idx = class_index(classes) if pathmnist else int(classes)
         if not 0 <= idx < num_classes:
             raise ValueError(f"class {classes!r} is outside [0, {num_classes - 1}]")
         return torch.full((n,), idx, dtype=torch.long)

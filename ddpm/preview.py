@@ -21,12 +21,11 @@ import torch
 from .checkpoints import WEIGHTS_NAME, Checkpoint, atomic_write_bytes
 from .data import to_hwc_numpy
 from .device import Precision, use_bf16
-from .pipeline import generate, recommended_sampling, resolve_classes, sampler_steps
+from .pipeline import PRIOR, generate, recommended_sampling, resolve_classes, sampler_steps
 
 PREVIEW_NAME = "preview.npz"
 PREVIEW_COUNT = 16  # Home's grid
 PREVIEW_SEED = 0  # Home's first draw
-PRIOR = "prior"  # tissues drawn as often as in the training split (``pipeline.resolve_classes``)
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,7 @@ def guided_model(model: Callable[..., torch.Tensor], class_labels: torch.Tensor 
     """
     if class_labels is None:
         return model
-    null = num_classes
-    if null is None:
+    if num_classes is None:
         raise ValueError("this model is unconditional: it takes no tissue class (leave classes unset)")
     if scale < 0:
         raise ValueError(f"guidance scale must be ≥ 0, got {scale}")
@@ -61,8 +60,8 @@ def guided_model(model: Callable[..., torch.Tensor], class_labels: torch.Tensor 
         if scale == 1.0:
             return model(x, t, labels)
         if scale == 0.0:
-            return model(x, t, torch.full_like(labels, null))
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, null)]))
+            return model(x, t, torch.full_like(labels, num_classes))
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, num_classes)]))
         cond, uncond = out.float().chunk(2)
         return classifier_free_guidance(cond, uncond, scale)
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigMixin
-from .limits import check_model_config
+from .limits import MAX_CLASSES, check_model_config
 
 Architecture = Literal["seed", "resunet"]
 
@@ -49,8 +49,9 @@ class UNetConfig(ConfigMixin):
             raise ValueError(f"architecture must be 'seed' or 'resunet', got {self.architecture!r}")
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
-        if self.num_classes is not None and not (type(self.num_classes) is int and 1 <= self.num_classes <= 1000):
-            raise ValueError(f"num_classes must be None (unconditional) or an integer in [1, 1000], got {self.num_classes!r}")
+        if self.num_classes is not None and not (type(self.num_classes) is int and 1 <= self.num_classes <= MAX_CLASSES):
+            raise ValueError(f"num_classes must be None (unconditional) or an integer in [1, {MAX_CLASSES}], "
+                             f"got {self.num_classes!r}")
         down = 2 ** (len(self.channel_mults) - 1) if self.architecture == "resunet" else 2
         if self.image_size % down:
             raise ValueError(f"image_size {self.image_size} must be divisible by {down} for {len(self.channel_mults)} levels")
@@ -239,14 +240,21 @@ def build_unet(config: UNetConfig) -> nn.Module:
     return SeedUNet(config) if config.architecture == "seed" else ResUNet(config)
 
 
+def state_dict_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+                        ) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong-shape) keys of ``state`` against a network's ``expected`` state dict, sorted."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    return missing, unexpected, shapes
+
+
 def load_weights_from(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Copy ``state_dict`` into ``model``; a conditional model may take an unconditional network's weights
     (its class embedding then stays at zero, so it computes what they computed). Anything else that does
     not match is a ValueError that lists the differences."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    missing, unexpected, shapes = state_dict_mismatch(own, state_dict)
     allowed_missing = [k for k in missing if k.startswith("class_embed.")]
     if unexpected or shapes or len(allowed_missing) != len(missing):
         diff = [f"missing {k}" for k in missing if k not in allowed_missing] + [f"unexpected {k}" for k in unexpected]

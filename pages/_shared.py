@@ -31,8 +31,8 @@ from ddpm.compute_gate import ComputeGate
 from ddpm.data import CLASS_NAMES, ImageSet, load_images, load_subset, to_hwc_numpy
 from ddpm.jobs import JobRegistry
 from ddpm.model_card import EVALUATION_NAME, read_evaluation
-from ddpm.pipeline import Trajectory, generate, recommended_sampling, sampler_steps, trajectory
-from ddpm.preview import PRIOR, Preview, PreviewRequest, read_preview, weights_fingerprint
+from ddpm.pipeline import PRIOR, Trajectory, generate, recommended_sampling, sampler_steps, trajectory
+from ddpm.preview import Preview, PreviewRequest, read_preview, weights_fingerprint
 from ddpm.result_cache import ResultCache
 from ddpm.server_limits import ServerLimits
 from ddpm.uploads import MAX_UPLOAD_BYTES, load_upload
