@@ -294,10 +294,10 @@ def record_sampling(guidance: float, table: dict) -> None:
     """Write the sweep's choice into the default's config.json, where `ddpm sample` and the app read it."""
     path = ROOT / "checkpoints" / "default" / CONFIG_NAME
     config = json.loads(path.read_text())
-    fd = table["rows"][Row("default", "default", "dpmpp", 20, guidance).name]["fd"]
+    best = table["rows"][Row("default", "default", "dpmpp", 20, guidance).name]
     sampling = {"sampler": "dpmpp", "steps": 20, "guidance": guidance,
-                "chosen_by": f"lowest FD of the guidance sweep in bench/results/quality.json (FD {fd:.3g}, n = "
-                             f"{table['rows'][Row('default', 'default', 'dpmpp', 20, guidance).name]['n']})"}
+                "chosen_by": f"lowest FD of the guidance sweep in bench/results/quality.json (FD {best['fd']:.3g}, "
+                             f"n = {best['n']})"}
     if config.get("sampling") != sampling:
         atomic_write_json(path, {**config, "sampling": sampling})
 
