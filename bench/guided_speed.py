@@ -23,8 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ddpm.checkpoints import load_checkpoint  # noqa: E402
 from ddpm.device import use_bf16  # noqa: E402
-from ddpm.pipeline import generate, recommended_sampling, resolve_classes  # noqa: E402
+from ddpm.pipeline import generate, resolve_classes  # noqa: E402
 from ddpm.samplers import classifier_free_guidance, sample  # noqa: E402
+from ddpm.sampling_spec import SamplingSpec  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 N, STEPS = 16, 20
@@ -41,7 +42,7 @@ def two_pass(model, schedule, labels: torch.Tensor, precision: str, seed: int, g
         return classifier_free_guidance(cond, uncond, guidance)
 
     with torch.inference_mode():
-        return sample(fn, schedule, (len(labels), 3, 28, 28), "dpmpp", STEPS, generator=torch.Generator().manual_seed(seed))
+        return sample(fn, schedule, (len(labels), 3, 28, 28), num_steps=STEPS, generator=torch.Generator().manual_seed(seed))
 
 
 def timed(fn, repeats: int) -> float:
@@ -63,7 +64,7 @@ def main() -> None:
     ckpt = load_checkpoint("default")
     model, schedule = ckpt.model, ckpt.schedule
     labels = resolve_classes(model.config.num_classes, N, None, 0)
-    g = float(recommended_sampling(ckpt.config)["guidance"])
+    g = ckpt.sampling.guidance
     if g in (0.0, 1.0):
         g = 2.0  # any other scale costs the same: a guided pass is what is measured
     rows = []
@@ -71,10 +72,10 @@ def main() -> None:
         if precision == "bf16" and not use_bf16("auto", torch.device("cpu")):
             continue
         cases = {
-            "conditional (s = 1), batch 16": lambda: generate(model, schedule, N, "dpmpp", STEPS, 0, classes=labels,
-                                                              guidance=1.0, precision=precision),
-            f"guided (s = {g:g}), one pass on batch 32": lambda: generate(model, schedule, N, "dpmpp", STEPS, 0,
-                                                                          classes=labels, guidance=g, precision=precision),
+            "conditional (s = 1), batch 16": lambda: generate(model, schedule, N, SamplingSpec(steps=STEPS, guidance=1.0),
+                                                              classes=labels, precision=precision),
+            f"guided (s = {g:g}), one pass on batch 32": lambda: generate(model, schedule, N, SamplingSpec(steps=STEPS, guidance=g),
+                                                                          classes=labels, precision=precision),
             f"guided (s = {g:g}), two passes of 16 (reference)": lambda: two_pass(model, schedule, labels, precision, 0, g),
         }
         for name, fn in cases.items():

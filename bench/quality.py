@@ -45,7 +45,8 @@ from ddpm.data import CLASS_NAMES, image_grid, to_hwc_numpy, to_uint8  # noqa: E
 from ddpm.export import save_png  # noqa: E402
 from ddpm.evaluation.encoder import load_encoder  # noqa: E402
 from ddpm.evaluation.report import METRIC_KEYS, evaluate_images, evaluation_panel, load_reference  # noqa: E402
-from ddpm.pipeline import generate, recommended_sampling, resolve_classes  # noqa: E402
+from ddpm.pipeline import generate, resolve_classes  # noqa: E402
+from ddpm.sampling_spec import SamplingSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -71,11 +72,20 @@ class Row:
         g = "" if self.guidance is None else f", guidance {self.guidance:g}"
         return f"{self.label} {SAMPLER_NAMES[self.sampler]} {steps}{g}{f' (n = {self.n})' if self.n else ''}"
 
+    @property
+    def spec(self) -> SamplingSpec:
+        return SamplingSpec(self.sampler, self.steps, 1.0 if self.guidance is None else self.guidance)
+
+
+def sweep_row(guidance: float) -> Row:
+    """The default model with the default sampler and steps at one guidance of the sweep."""
+    return Row("default", "default", SamplingSpec().sampler, SamplingSpec().steps, guidance)
+
 
 def rows_for(guidance: float | None) -> list[Row]:
     """The table's rows; those after the sweep use ``guidance`` (the sweep's best), or none if not chosen yet."""
     rows = [Row("seed (paper)", "seed", "ddpm", None), Row("previous default (unconditional, CPU)", PREVIOUS_DEFAULT, "dpmpp", 20)]
-    rows += [Row("default", "default", "dpmpp", 20, g) for g in GUIDANCE_SWEEP]
+    rows += [sweep_row(g) for g in GUIDANCE_SWEEP]
     if guidance is not None:
         rows += [Row("default", "default", s, k, guidance) for s, k in (("dpmpp", 10), ("ddim", 20), ("ddim", 50))]
         rows += [Row("default", "default", "ddpm", None, guidance, n=1000)]
@@ -84,7 +94,7 @@ def rows_for(guidance: float | None) -> list[Row]:
 
 def chosen_guidance(table: dict) -> float | None:
     """The sweep's guidance with the lowest FD, once every sweep row is scored."""
-    fds = {g: table["rows"].get(Row("default", "default", "dpmpp", 20, g).name, {}).get("fd") for g in GUIDANCE_SWEEP}
+    fds = {g: table["rows"].get(sweep_row(g).name, {}).get("fd") for g in GUIDANCE_SWEEP}
     return None if None in fds.values() else min(fds, key=fds.get)
 
 
@@ -154,7 +164,7 @@ def samples_for(row: Row, n: int, seed: int, fresh: bool, shard: tuple[int, int]
     With ``shard=(i, k)`` only shard i of k (n // k images, the last takes the rest) is made and cached; a row
     whose k shard files are all present is assembled from them, its time the sum of theirs.
     """
-    name, sampler, steps, n = row.name, row.sampler, row.steps, row.n or n
+    name, n = row.name, row.n or n
     ckpt = _checkpoint(row.source)
     fingerprint = weights_fingerprint(ckpt.model)
     path = cache_path(name, n, seed)
@@ -172,7 +182,7 @@ def samples_for(row: Row, n: int, seed: int, fresh: bool, shard: tuple[int, int]
                           "labels": None if parts[0]["labels"] is None else torch.cat([p["labels"] for p in parts])}
                 _write_cache(path, cached, fingerprint)
         if cached is None:
-            cached = _sample(ckpt, sampler, steps, n, seed, row.guidance)
+            cached = _sample(ckpt, row, n, seed)
             _write_cache(path, cached, fingerprint)
     else:
         if not 0 <= index < count or n < count:
@@ -181,21 +191,21 @@ def samples_for(row: Row, n: int, seed: int, fresh: bool, shard: tuple[int, int]
         cached = None if fresh else _read_cache(part, fingerprint)
         if cached is None:
             size = n // count if index < count - 1 else n - (count - 1) * (n // count)
-            cached = _sample(ckpt, sampler, steps, size, shard_seed(seed, index), row.guidance)
+            cached = _sample(ckpt, row, size, shard_seed(seed, index))
             _write_cache(part, cached, fingerprint)
     return (cached["images"], cached["seconds"] * 1000 / len(cached["images"]), cached["source"], cached["threads"],
             cached["labels"])
 
 
-def _sample(ckpt, sampler: str, steps: int | None, n: int, seed: int, guidance: float | None = None) -> dict:
+def _sample(ckpt, row: Row, n: int, seed: int) -> dict:
     """Samples of one row; a conditional model's classes are drawn from the training prior (seeded)."""
     labels = resolve_classes(ckpt.model_config.num_classes, n, None, seed)
-    if (labels is None) != (guidance is None):
+    if (labels is None) != (row.guidance is None):
         raise ValueError(f"{ckpt.source}: a guidance scale goes with a conditional model, none with an unconditional one")
     t0 = time.time()
-    batch = BATCH_GUIDED if guidance not in (None, 0.0, 1.0) else BATCH
-    images = to_uint8(generate(ckpt.model, ckpt.schedule, n, sampler, steps, seed=seed, batch_size=batch, progress=True,
-                               classes=labels, guidance=1.0 if guidance is None else guidance))
+    batch = BATCH_GUIDED if row.spec.is_guided(labels is not None) else BATCH
+    images = to_uint8(generate(ckpt.model, ckpt.schedule, n, row.spec, seed=seed, batch_size=batch, progress=True,
+                               classes=labels))
     return {"images": images, "seconds": time.time() - t0, "source": ckpt.source, "threads": torch.get_num_threads(),
             "labels": labels}
 
@@ -287,15 +297,15 @@ def main() -> None:
 def canonical_rows(guidance: float | None) -> list[Row]:
     """The rows whose reports become checkpoints/<name>/evaluation.json: the seed's, and the default's at its guidance."""
     rows = [Row("seed (paper)", "seed", "ddpm", None)]
-    return rows + ([Row("default", "default", "dpmpp", 20, guidance)] if guidance is not None else [])
+    return rows + ([sweep_row(guidance)] if guidance is not None else [])
 
 
 def record_sampling(guidance: float, table: dict) -> None:
     """Write the sweep's choice into the default's config.json, where `ddpm sample` and the app read it."""
     path = ROOT / "checkpoints" / "default" / CONFIG_NAME
     config = json.loads(path.read_text())
-    best = table["rows"][Row("default", "default", "dpmpp", 20, guidance).name]
-    sampling = {"sampler": "dpmpp", "steps": 20, "guidance": guidance,
+    best = table["rows"][sweep_row(guidance).name]
+    sampling = {**{k: v for k, v in sweep_row(guidance).spec.to_dict().items() if k != "eta"},
                 "chosen_by": f"lowest FD of the guidance sweep in bench/results/quality.json (FD {best['fd']:.3g}, "
                              f"n = {best['n']})"}
     if config.get("sampling") != sampling:
@@ -319,7 +329,7 @@ def write_grids(table: dict, data, args) -> None:
         (RESULTS / "quality_samples.txt").write_text("left to right: " + ", ".join([n for n, _ in grids] + ["real (val)"]) + "\n")
     if guidance is None:
         return
-    row = Row("default", "default", "dpmpp", 20, guidance)
+    row = sweep_row(guidance)
     cached = _read_cache(cache_path(row.name, args.n, args.seed), weights_fingerprint(_checkpoint(row.source).model))
     if cached is None:
         return
@@ -370,8 +380,8 @@ def write_markdown(table: dict) -> None:
         lines.append(f"| {name} | " + " | ".join(_fmt(m, k) for k in keys)
                      + f" | {m['seconds_per_1000']:.0f} | {m.get('torch_threads') or '?'} |")
     if guidance is not None:
-        row = table["rows"][Row("default", "default", "dpmpp", 20, guidance).name]
-        lines += ["", f"Per tissue, {Row('default', 'default', 'dpmpp', 20, guidance).name} (the chosen guidance): FD of the "
+        row = table["rows"][sweep_row(guidance).name]
+        lines += ["", f"Per tissue, {sweep_row(guidance).name} (the chosen guidance): FD of the "
                   "samples asked for each tissue against the validation patches of that tissue, beside the same FD for as "
                   "many training patches of it (the floor).", "",
                   "| tissue | n | FD | FD floor | conditional accuracy | copy share |", "|---|---:|---:|---:|---:|---:|"]

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .limits import check_checkpoint_config
+from .sampling_spec import SamplingSpec
 from .schedules import NoiseSchedule, ScheduleConfig
 from .unet import UNetConfig, build_unet, state_dict_mismatch
 
@@ -77,6 +78,11 @@ class Checkpoint:
     @property
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule.from_config(self.schedule_config)
+
+    @property
+    def sampling(self) -> SamplingSpec:
+        """How this model is meant to be sampled: its config's "sampling" section over the defaults."""
+        return SamplingSpec.recommended(self.config)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -148,12 +154,18 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def configs_from(config: dict[str, Any], path: Path) -> tuple[UNetConfig, ScheduleConfig]:
-    """The configs of a checkpoint, refused (before any network is built) when ``limits`` does not allow them."""
+    """The configs of a checkpoint, refused (before any network is built) when ``limits`` does not allow them or
+    its recommended sampling is not a valid ``SamplingSpec``."""
     try:
         check_checkpoint_config(config)
-        return UNetConfig.from_dict(config["model"]), ScheduleConfig.from_dict(config["schedule"])
+        configs = UNetConfig.from_dict(config["model"]), ScheduleConfig.from_dict(config["schedule"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path / CONFIG_NAME}: invalid model or schedule section: {err}") from err
+    try:
+        SamplingSpec.recommended(config)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path / CONFIG_NAME}: invalid sampling section: {err}") from err
+    return configs
 
 
 def load_state_dict_checked(model: nn.Module, path: Path) -> None:

@@ -64,7 +64,6 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="folder, shipped name (default, seed) or Hub repo id[@revision] "
                    "(default: the shipped default model)")
     add_sampling_options(p)
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0 deterministic, 1 ancestral)")
     p.add_argument("-n", type=int, default=64, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise and of every sampler draw")
     p.add_argument("--batch-size", type=int, help="images per network call (default 128 on CPU, 512 on GPU)")
@@ -288,11 +287,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     say_precision(args, device)
     ckpt = load_checkpoint(args.checkpoint)
-    sampler, steps, classes, guidance = sampling_settings(args, ckpt, args.n, args.seed)
-    print(f"model from {ckpt.source}; {describe_sampling(sampler, steps, classes, guidance, args.tissue)}", file=sys.stderr)
+    spec, classes = sampling_settings(args, ckpt, args.n, args.seed)
+    print(f"model from {ckpt.source}; {describe_sampling(spec, classes, args.tissue)}", file=sys.stderr)
     model = ckpt.model.to(device)
-    images = to_hwc_numpy(generate(model, ckpt.schedule, args.n, sampler, steps, args.seed, args.batch_size, args.eta,
-                                   progress=True, precision=args.precision, classes=classes, guidance=guidance))
+    images = to_hwc_numpy(generate(model, ckpt.schedule, args.n, spec, seed=args.seed, batch_size=args.batch_size,
+                                   progress=True, precision=args.precision, classes=classes))
     out.parent.mkdir(parents=True, exist_ok=True)
     extra = {} if classes is None else {"labels": classes.numpy()}  # the tissue each image was asked to be
     np.savez_compressed(out.with_suffix(".npz"), images=images, **extra)
@@ -302,7 +301,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def checkpoint_summary(ckpt) -> dict:
-    from .pipeline import recommended_sampling
     from .unet import count_parameters
 
     sched = ckpt.schedule
@@ -312,7 +310,7 @@ def checkpoint_summary(ckpt) -> dict:
             "terminal_snr": sched.terminal_snr, "training": ckpt.config.get("training"),
             "data": ckpt.config.get("data"), "weights_dtype": ckpt.config.get("weights_dtype"),
             "class_names": ckpt.config.get("class_names"), "init_from": ckpt.config.get("init_from"),
-            "sampling": recommended_sampling(ckpt.config)}
+            "sampling": ckpt.sampling.to_dict()}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -334,7 +332,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     ckpt = load_local(folder)
     preview = make_preview(ckpt, home_request(ckpt), args.precision)
     r = preview.request
-    print(f"wrote {write_preview(folder, preview)}: {r.n} patches, {r.sampler} {r.steps} steps, guidance {r.guidance:g}, "
+    print(f"wrote {write_preview(folder, preview)}: {r.n} patches, {r.spec.describe()}, "
           f"seed {r.seed}, tissues {r.tissue}, {preview.precision}, weights sha256 {preview.fingerprint[:12]}…",
           file=sys.stderr)
     return 0
@@ -378,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help and usage errors end here, before torch is imported
     from .checkpoints import CheckpointError
     from .data import DataNotFoundError
+    from .samplers import NonFiniteSampleError
     from .training import NonFiniteLossError
 
     commands = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "download": cmd_download, "push": cmd_push,
@@ -387,6 +386,6 @@ def main(argv: list[str] | None = None) -> int:
         commands.update({"evaluate": cmd_evaluate, "train-encoder": cmd_train_encoder})
     try:
         return commands[args.command](args)
-    except (CheckpointError, DataNotFoundError, NonFiniteLossError, ValueError, OSError) as err:
+    except (CheckpointError, DataNotFoundError, NonFiniteLossError, NonFiniteSampleError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

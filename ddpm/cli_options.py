@@ -35,36 +35,42 @@ def add_reproducibility(p: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
-    """--sampler, --steps, --class and --guidance; unset, each takes the checkpoint's recommendation (``sampling_settings``)."""
+    """--sampler, --steps, --eta, --class and --guidance; unset, each takes the checkpoint's recommendation
+    (``sampling_settings``)."""
     p.add_argument("--sampler", choices=SAMPLER_NAMES, help="DDPM (ancestral, all T steps), DDIM or DPM-Solver++(2M) "
                    "(default: the checkpoint's recommended one, else dpmpp)")
     p.add_argument("--steps", type=int, help="sampler steps (DDPM always uses all T; default: the checkpoint's "
                    "recommended, else 20)")
+    p.add_argument("--eta", type=float, help="DDIM's η in [0, 1]: 0 deterministic, 1 ancestral (DDIM only; default 0)")
     p.add_argument("--class", dest="tissue", metavar="NAME|INDEX|prior",
                    help="tissue-conditional models: the tissue to generate (a name such as 'adipose', a unique prefix, "
                         "an index 0-8) or 'prior' (default: draws from the training split's class frequencies)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale s: uncond + s·(cond − uncond); 0 = "
-                   "unconditional, 1 = plain conditional (default: the checkpoint's recommended, chosen by its guidance sweep)")
+                   "unconditional, 1 = plain conditional, at most 6 (default: the checkpoint's recommended, chosen by its "
+                   "guidance sweep)")
 
 
-def sampling_settings(args: argparse.Namespace, ckpt, n: int, seed: int) -> tuple[str, int | None, object, float]:
-    """(sampler, steps, classes (n,) tensor or None, guidance) from the options and the checkpoint's recommendation;
-    --class or --guidance for an unconditional model is a ValueError."""
-    from .pipeline import PRIOR, recommended_sampling, resolve_classes
+def sampling_settings(args: argparse.Namespace, ckpt, n: int, seed: int):
+    """(SamplingSpec, classes (n,) tensor or None): the checkpoint's recommendation with the options given on top.
+    An out-of-range setting, or --class or --guidance for an unconditional model, is a ValueError."""
+    from .pipeline import PRIOR, resolve_classes
 
-    rec = recommended_sampling(ckpt.config)
-    sampler = args.sampler or rec["sampler"]
-    steps = args.steps if args.steps is not None else (None if sampler == "ddpm" else rec["steps"])
+    if n < 1:
+        raise ValueError(f"-n must be at least 1, got {n}")
     num_classes = ckpt.model_config.num_classes
     if num_classes is None and (args.guidance is not None or args.tissue not in (None, PRIOR)):
         raise ValueError(f"{ckpt.source} is an unconditional model: --class and --guidance need a tissue-conditional one")
-    guidance = (args.guidance if args.guidance is not None else rec["guidance"]) if num_classes is not None else 1.0
-    return sampler, steps, resolve_classes(num_classes, n, args.tissue, seed), guidance
+    T = ckpt.schedule.num_timesteps
+    if args.steps is not None and not 1 <= args.steps <= T:
+        raise ValueError(f"--steps: steps must be between 1 and T = {T}, got {args.steps}")
+    spec = ckpt.sampling.replace(sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta)
+    spec.timesteps(T)  # DDPM with a step count other than T is refused before any work
+    return spec, resolve_classes(num_classes, n, args.tissue, seed)
 
 
-def describe_sampling(sampler: str, steps: int | None, classes, guidance: float, tissue: str | None) -> str:
-    what = f"{sampler} {steps or 'all'} steps"
-    return what + (f", class {tissue or 'prior'}, guidance {guidance:g}" if classes is not None else ", unconditional")
+def describe_sampling(spec, classes, tissue: str | None) -> str:
+    conditional = classes is not None
+    return spec.describe(conditional) + (f", class {tissue or 'prior'}" if conditional else ", unconditional")
 
 
 def writable_folder(folder: Path) -> None:

@@ -19,13 +19,11 @@ from .data import CLASS_NAMES, to_hwc_numpy
 from .job_state import Job
 from .pipeline import generate
 from .presets import SCHEDULES, get_preset
+from .sampling_spec import DEFAULT_SPEC
 from .server_limits import ServerLimits
 from .training import NonFiniteLossError, Trainer, TrainProgress
 
 log = logging.getLogger(__name__)
-
-PREVIEW_SAMPLER, PREVIEW_STEPS, PREVIEW_GUIDANCE = "dpmpp", 20, 1.0
-
 
 def expired(job: Job, limits: ServerLimits) -> str | None:
     """Why the job must stop now (its page was closed, or the time cap passed), or None."""
@@ -75,12 +73,12 @@ def build_trainer(job: Job, images: torch.Tensor, init: Checkpoint | None, data_
 
 
 def preview(job: Job, trainer: Trainer) -> None:
-    """Samples from the run's current sampling weights (EMA if any), then back to training mode."""
+    """Samples from the run's current sampling weights (EMA if any) with the default spec (a conditional run: plain
+    conditional, tissues drawn from the prior), then back to training mode."""
     req = job.request
     model = trainer.sampling_model()
-    steps = min(PREVIEW_STEPS, trainer.schedule.num_timesteps)
-    images = to_hwc_numpy(generate(model, trainer.schedule, req.num_samples, PREVIEW_SAMPLER, steps, seed=req.seed,
-                                   guidance=PREVIEW_GUIDANCE))  # a conditional run: tissues drawn from the prior
+    spec = DEFAULT_SPEC.fitted(trainer.schedule.num_timesteps)
+    images = to_hwc_numpy(generate(model, trainer.schedule, req.num_samples, spec, seed=req.seed))
     trainer.model.train()
     with job.lock:
         job.samples, job.samples_step = images, trainer.step

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .checkpoints import read_config
 from .data import DATA_CREDIT
+from .sampling_spec import SamplingSpec
 from .schedules import NoiseSchedule, ScheduleConfig
 
 EVALUATION_NAME = "evaluation.json"
@@ -49,12 +50,10 @@ def model_card(folder: str | Path, repo_id: str | None = None) -> str:
     sched = NoiseSchedule.from_config(sched_cfg)
     train = config.get("training", {})
     conditional = config["model"].get("num_classes") is not None
-    rec = {"sampler": "dpmpp", "steps": 20, "guidance": 1.0, **(config.get("sampling") or {})}
+    spec = SamplingSpec.recommended(config)
     kind = (f"A tissue-conditional denoising diffusion model ({config['model']['num_classes']} tissues, classifier-free "
             "guidance)" if conditional else "An unconditional denoising diffusion model")
-    call = (f"generate(ckpt.model, ckpt.schedule, n=16, sampler={rec['sampler']!r}, num_steps={rec['steps']}, seed=0, "
-            f"classes='adipose', guidance={rec['guidance']:g})" if conditional else
-            "generate(ckpt.model, ckpt.schedule, n=16, sampler='dpmpp', num_steps=20, seed=0)")
+    call = f"generate(ckpt.model, ckpt.schedule, 16, ckpt.sampling, seed=0{', classes=' + repr('adipose') if conditional else ''})"
     lines = [
         "---", "license: cc-by-4.0", "library_name: ddpm",
         *([] if conditional else ["pipeline_tag: unconditional-image-generation"]),
@@ -65,7 +64,7 @@ def model_card(folder: str | Path, repo_id: str | None = None) -> str:
         "package of PathMNIST Diffusion Studio.", "",
         "## Use", "```python", "from ddpm import load_checkpoint, generate",
         f"ckpt = load_checkpoint({(repo_id or str(folder))!r})",
-        f"images = {call}  # (16, 3, 28, 28) in [-1, 1]",
+        f"images = {call}  # (16, 3, 28, 28) in [-1, 1]; ckpt.sampling is {spec.describe(conditional)}",
         "```", f"or `python -m ddpm sample --checkpoint {repo_id or folder} -n 64 --out samples`"
         + (" (`--class NAME` for one tissue; without it, tissues are drawn as often as in the training split)."
            if conditional else "."), "",
@@ -96,8 +95,8 @@ def model_card(folder: str | Path, repo_id: str | None = None) -> str:
     if config.get("init_from"):
         lines.append(f"- Started from: {config['init_from']}.")
     if config.get("sampling"):
-        lines.append(f"- Recommended sampling: {rec['sampler']} with {rec['steps']} steps, guidance {rec['guidance']:g}"
-                     + (f" ({rec['chosen_by']})" if rec.get("chosen_by") else "") + ".")
+        chosen_by = config["sampling"].get("chosen_by")
+        lines.append(f"- Recommended sampling: {spec.describe(conditional)}" + (f" ({chosen_by})" if chosen_by else "") + ".")
     if config.get("data"):
         lines.append(f"- Data: {config['data']}")
     rep = read_evaluation(folder)

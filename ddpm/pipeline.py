@@ -14,21 +14,14 @@ from tqdm.auto import tqdm
 
 from .data import CLASS_NAMES, class_index, class_prior, to_hwc_numpy
 from .device import Precision, use_bf16
-from .samplers import SamplerName, guided_model, sample_progressive, trailing_timesteps
+from .samplers import guided_model, sample_progressive
+from .sampling_spec import DEFAULT_SPEC, SamplingSpec
 from .schedules import NoiseSchedule
 
-#: What ``generate`` and ``python -m ddpm sample`` use when nothing is asked for; a checkpoint's config may
-#: override them in its "sampling" section (chosen from its own guidance sweep, bench/quality.py).
-DEFAULT_SAMPLING = {"sampler": "dpmpp", "steps": 20, "guidance": 1.0}
 PRIOR = "prior"  # a tissue request: draws from the training split's class frequencies
 #: A tissue request: None or PRIOR (draws from the training prior), one class (index or name) for every image,
 #: or one index per image.
 Classes = Union[int, str, Sequence[int], torch.Tensor, None]
-
-
-def recommended_sampling(config: dict | None) -> dict:
-    """The sampler, steps and guidance a checkpoint recommends (its config's "sampling"), else the defaults."""
-    return {**DEFAULT_SAMPLING, **((config or {}).get("sampling") or {})}
 
 
 def resolve_classes(num_classes: int | None, n: int, classes: Classes = None, seed: int = 0) -> torch.Tensor | None:
@@ -58,27 +51,21 @@ def resolve_classes(num_classes: int | None, n: int, classes: Classes = None, se
     return labels
 
 
-def num_model_calls(schedule: NoiseSchedule, sampler: str, num_steps: int | None) -> int:
-    if sampler == "ddpm":
-        return schedule.num_timesteps
-    return len(trailing_timesteps(schedule.num_timesteps, min(20, schedule.num_timesteps) if num_steps is None else num_steps))
-
-
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
 @torch.inference_mode()
-def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: SamplerName = "dpmpp",
-             num_steps: int | None = None, seed: int = 0, batch_size: int | None = None, eta: float = 0.0,
-             progress: bool = False, callback=None, precision: Precision = "auto", classes: Classes = None,
-             guidance: float = 1.0) -> torch.Tensor:
+def generate(model: nn.Module, schedule: NoiseSchedule, n: int, spec: SamplingSpec = DEFAULT_SPEC, *, seed: int = 0,
+             classes: Classes = None, batch_size: int | None = None, progress: bool = False, callback=None,
+             precision: Precision = "auto") -> torch.Tensor:
     """``n`` images in [-1, 1], shape (n, C, H, W), on the CPU. Same seed, batch size and precision, same images.
 
-    The network runs under bf16 autocast where the hardware has it (``precision="auto"``); the sampler's
-    own arithmetic stays float32. ``callback(done_calls, total_calls)`` follows every network evaluation.
-    A tissue-conditional model takes ``classes`` (see ``resolve_classes``; default: draws from the training
-    prior, ``resolve_classes(..., seed=seed)`` gives the same draws) and a classifier-free ``guidance`` scale.
+    ``spec`` says how (sampler, steps, guidance; a checkpoint's own is ``checkpoint.sampling``). The network runs
+    under bf16 autocast where the hardware has it (``precision="auto"``); the sampler's own arithmetic stays
+    float32. ``callback(done_calls, total_calls)`` follows every network evaluation. A tissue-conditional model
+    takes ``classes`` (see ``resolve_classes``; default: draws from the training prior, ``resolve_classes(...,
+    seed=seed)`` gives the same draws); an unconditional one ignores the guidance.
     """
     if n < 1:
         raise ValueError(f"number of images must be at least 1, got {n}")
@@ -90,18 +77,18 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: Sampler
     cfg = model.config
     labels = resolve_classes(cfg.num_classes, n, classes, seed)
     generator = torch.Generator().manual_seed(seed)
-    calls = num_model_calls(schedule, sampler, num_steps)
+    sampler = spec.make_sampler()
+    calls = spec.num_model_calls(schedule.num_timesteps)
     batches = [min(batch_size, n - i) for i in range(0, n, batch_size)]
     out = []
-    bar = tqdm(total=calls * len(batches), desc=f"{sampler} sampling", unit="step", disable=not progress)
+    bar = tqdm(total=calls * len(batches), desc=f"{spec.sampler} sampling", unit="step", disable=not progress)
     done = 0
     for start, b in zip(range(0, n, batch_size), batches):
         shape = (b, cfg.in_channels, cfg.image_size, cfg.image_size)
         fn = guided_model(_autocast(model, precision, device), None if labels is None else labels[start:start + b],
-                          guidance, cfg.num_classes)
+                          spec.guidance, cfg.num_classes)
         step = None
-        for step in sample_progressive(fn, schedule, shape, sampler, num_steps,
-                                       eta=eta, generator=generator, device=device):
+        for step in sample_progressive(fn, schedule, shape, sampler, spec.steps, generator=generator, device=device):
             done += 1
             bar.update(1)
             if callback is not None:
@@ -148,11 +135,9 @@ class Trajectory:
 
 
 @torch.inference_mode()
-def trajectory(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: SamplerName = "dpmpp",
-               num_steps: int | None = None, seed: int = 0, eta: float = 0.0, callback=None,
-               precision: Precision = "auto", classes: Classes = None, guidance: float = 1.0) -> Trajectory:
-    """Run one sampler on ``n`` images and keep every step (x_t and x̂₀) as uint8 (classes and guidance as in
-    ``generate``)."""
+def trajectory(model: nn.Module, schedule: NoiseSchedule, n: int, spec: SamplingSpec = DEFAULT_SPEC, *, seed: int = 0,
+               classes: Classes = None, callback=None, precision: Precision = "auto") -> Trajectory:
+    """Run one sampler on ``n`` images and keep every step (x_t and x̂₀) as uint8 (arguments as in ``generate``)."""
     model.eval()
     cfg = model.config
     labels = resolve_classes(cfg.num_classes, n, classes, seed)
@@ -160,19 +145,14 @@ def trajectory(model: nn.Module, schedule: NoiseSchedule, n: int, sampler: Sampl
     generator = torch.Generator().manual_seed(seed)
     x_T = torch.randn(shape, generator=generator)
     samples, preds, ts = [to_hwc_numpy(x_T)], [np.full_like(to_hwc_numpy(x_T), 128)], [schedule.num_timesteps]
-    total = num_model_calls(schedule, sampler, num_steps)
+    total = spec.num_model_calls(schedule.num_timesteps)
     device = _model_device(model)
-    fn = guided_model(_autocast(model, precision, device), labels, guidance, cfg.num_classes)
-    for step in sample_progressive(fn, schedule, shape, sampler, num_steps, eta=eta,
+    fn = guided_model(_autocast(model, precision, device), labels, spec.guidance, cfg.num_classes)
+    for step in sample_progressive(fn, schedule, shape, spec.make_sampler(), spec.steps,
                                    generator=generator, noise=x_T, device=device):
         samples.append(to_hwc_numpy(step.prev_sample))
         preds.append(to_hwc_numpy(step.pred_original_sample))
         ts.append(step.t)
         if callback is not None:
             callback(step.index + 1, total)
-    return Trajectory(ts, np.stack(samples), np.stack(preds), sampler)
-
-
-def sampler_steps(schedule: NoiseSchedule, sampler: str, steps: int) -> int | None:
-    """The ``num_steps`` for a step setting: None for DDPM (it always runs all T steps), else ``steps`` within [1, T]."""
-    return None if sampler == "ddpm" else max(1, min(int(steps), schedule.num_timesteps))
+    return Trajectory(ts, np.stack(samples), np.stack(preds), spec.sampler)

@@ -21,7 +21,8 @@ import torch
 from .checkpoints import WEIGHTS_NAME, Checkpoint, atomic_write_bytes
 from .data import to_hwc_numpy
 from .device import Precision, use_bf16
-from .pipeline import PRIOR, generate, recommended_sampling, resolve_classes, sampler_steps
+from .pipeline import PRIOR, generate, resolve_classes
+from .sampling_spec import SamplingSpec
 
 PREVIEW_NAME = "preview.npz"
 PREVIEW_COUNT = 16  # Home's grid
@@ -32,9 +33,7 @@ PREVIEW_SEED = 0  # Home's first draw
 class PreviewRequest:
     """What a page would sample: the same request gives the same images (up to ``precision``)."""
 
-    sampler: str
-    steps: int | None
-    guidance: float
+    spec: SamplingSpec
     seed: int = PREVIEW_SEED
     n: int = PREVIEW_COUNT
     tissue: str = PRIOR  # PRIOR, or a class index written as text
@@ -62,12 +61,10 @@ def home_request(checkpoint: Checkpoint, seed: int = PREVIEW_SEED, tissue: int |
                  guidance: float | None = None, n: int = PREVIEW_COUNT) -> PreviewRequest:
     """What Home samples: the checkpoint's recommended sampler and steps, its recommended guidance unless
     ``guidance`` is given (1 for an unconditional model, which has none), ``tissue`` a class index or PRIOR."""
-    rec = recommended_sampling(checkpoint.config)
     if checkpoint.model_config.num_classes is None:
         tissue, guidance = PRIOR, 1.0
-    guidance = float(rec["guidance"] if guidance is None else guidance)
-    steps = sampler_steps(checkpoint.schedule, rec["sampler"], rec["steps"])
-    return PreviewRequest(rec["sampler"], steps, guidance, seed, n, str(tissue))
+    spec = checkpoint.sampling.replace(guidance=guidance).fitted(checkpoint.schedule.num_timesteps)
+    return PreviewRequest(spec, seed, n, str(tissue))
 
 
 def request_classes(request: PreviewRequest) -> int | str:
@@ -80,8 +77,8 @@ def make_preview(checkpoint: Checkpoint, request: PreviewRequest, precision: Pre
     if checkpoint.path is None:
         raise ValueError("this checkpoint has no folder, so its weights cannot be fingerprinted; save it first")
     classes = resolve_classes(checkpoint.model_config.num_classes, request.n, request_classes(request), request.seed)
-    images = generate(checkpoint.model, checkpoint.schedule, request.n, request.sampler, request.steps, request.seed,
-                      precision=precision, classes=classes, guidance=request.guidance)
+    images = generate(checkpoint.model, checkpoint.schedule, request.n, request.spec, seed=request.seed,
+                      precision=precision, classes=classes)
     used = "bf16" if use_bf16(precision, torch.device("cpu")) else "fp32"
     labels = np.zeros(0, np.int64) if classes is None else classes.numpy().astype(np.int64)
     return Preview(to_hwc_numpy(images), labels, request, used, weights_fingerprint(checkpoint.path))
@@ -89,10 +86,11 @@ def make_preview(checkpoint: Checkpoint, request: PreviewRequest, precision: Pre
 
 def write_preview(folder: str | os.PathLike, preview: Preview) -> Path:
     """Store ``preview`` as ``folder/preview.npz`` (written to a temp file, then renamed into place)."""
-    r = preview.request
+    r, spec = preview.request, preview.request.spec
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, images=preview.images, classes=preview.classes, sampler=r.sampler,
-                        steps=-1 if r.steps is None else r.steps, guidance=r.guidance, seed=r.seed, tissue=r.tissue,
+    np.savez_compressed(buffer, images=preview.images, classes=preview.classes, sampler=spec.sampler,
+                        steps=-1 if spec.steps is None else spec.steps, guidance=spec.guidance, eta=spec.eta,
+                        seed=r.seed, tissue=r.tissue,
                         precision=preview.precision, fingerprint=preview.fingerprint)
     path = Path(folder) / PREVIEW_NAME
     atomic_write_bytes(path, buffer.getvalue())
@@ -104,8 +102,9 @@ def load_preview(path: str | os.PathLike) -> Preview:
     try:
         with np.load(path, allow_pickle=False) as f:
             steps = int(f["steps"])
-            request = PreviewRequest(str(f["sampler"]), None if steps < 0 else steps, float(f["guidance"]),
-                                     int(f["seed"]), int(f["images"].shape[0]), str(f["tissue"]))
+            spec = SamplingSpec(str(f["sampler"]), None if steps < 0 else steps, float(f["guidance"]),
+                                float(f["eta"]) if "eta" in f.files else 0.0)
+            request = PreviewRequest(spec, int(f["seed"]), int(f["images"].shape[0]), str(f["tissue"]))
             return Preview(f["images"], f["classes"], request, str(f["precision"]), str(f["fingerprint"]))
     except (OSError, KeyError, ValueError) as err:
         raise ValueError(f"{path} is not a readable preview ({err}); delete it or rewrite it with "

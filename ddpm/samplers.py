@@ -1,9 +1,11 @@
 """Reverse-process samplers: DDPM ancestral, DDIM, DPM-Solver++(2M).
 
-Each sampler is split the diffusers way: a pure ``*_step`` function turns one model output into the
-next sample (and returns x̂₀ "to preview progress"), and a generator runs the loop, yielding a
-``SamplerStep`` per network evaluation.  The final image, the progress bar, the app's animation and
-the evaluation all consume that one generator.
+The math of each update is a pure ``*_step`` function (the equation in its docstring) that turns one model
+output into the next sample and returns x̂₀ "to preview progress", as diffusers' schedulers do. Each sampler
+is a small class that owns its steps (its timesteps, its state between steps, its noise draws) and is
+registered by name in ``SAMPLERS``; ``sample_progressive`` is one generic loop over any of them, yielding a
+``SamplerStep`` per network evaluation. The final image, the progress bar, the app's animation and the
+evaluation all consume that one generator.
 
 Few-step samplers use "trailing" timestep spacing (Lin et al. 2024, §3.4), so their first step is
 always at t = T-1: the step where a zero-terminal-SNR schedule has x_T = pure noise.
@@ -12,15 +14,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 
 from .schedules import NoiseSchedule, eps_from_x0, extract, model_output_to_x0_eps
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-SamplerName = Literal["ddpm", "ddim", "dpmpp"]
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp")
+DEFAULT_SAMPLER = "dpmpp"  # the sampler and step count used when nothing else is asked (ddpm.sampling_spec)
+DEFAULT_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -170,11 +172,112 @@ def _alpha_sigma(schedule: NoiseSchedule, t: int) -> tuple[float, float]:
     return math.sqrt(a), math.sqrt(1 - a)
 
 
+# ---- each sampler owns its steps --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sampler:
+    """One reverse-process algorithm: which timesteps it visits and how one model output becomes the next sample.
+
+    A sampler is plain, immutable settings (``clip_sample`` and its own, such as DDIM's η); what changes from step
+    to step travels in ``state``, which ``init_state`` makes and ``step`` returns anew. ``step`` draws its noise,
+    if any, from ``randn()`` (a (B, C, H, W) standard normal), so the loop's random stream is the sampler's to use.
+    A new sampler is one subclass added to ``SAMPLERS``; ``sample_progressive`` and everything built on it
+    (step counts, the CLI's choices, the app's picker) follow from that.
+    """
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # for people: the app's picker and the CLI's help
+    every_timestep: ClassVar[bool] = False  # True: the sampler always visits all T timesteps (no step count)
+    clip_sample: bool = True
+
+    def timesteps(self, num_timesteps: int, num_steps: int | None = None) -> list[int]:
+        """The timesteps denoised, in order; ``num_steps=None`` is ``DEFAULT_STEPS`` (at most T)."""
+        return trailing_timesteps(num_timesteps, min(DEFAULT_STEPS, num_timesteps) if num_steps is None else num_steps)
+
+    def init_state(self) -> Any:
+        return None
+
+    def step(self, schedule: NoiseSchedule, model_output: torch.Tensor, t: int, prev_t: int, sample: torch.Tensor,
+             state: Any, randn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """(prev_sample at ``prev_t``, pred_original_sample, new state); ``prev_t = -1`` is the data."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class DDPM(Sampler):
+    """Ancestral sampling over every timestep (Ho et al. 2020, Alg. 2)."""
+
+    name: ClassVar[str] = "ddpm"
+    label: ClassVar[str] = "DDPM (ancestral, all T steps)"
+    every_timestep: ClassVar[bool] = True
+
+    def timesteps(self, num_timesteps: int, num_steps: int | None = None) -> list[int]:
+        if num_steps not in (None, num_timesteps):
+            raise ValueError(f"DDPM ancestral sampling uses all T = {num_timesteps} steps; use 'ddim' or 'dpmpp' for fewer")
+        return list(range(num_timesteps - 1, -1, -1))
+
+    def step(self, schedule, model_output, t, prev_t, sample, state, randn):
+        prev, x0 = ddpm_step(schedule, model_output, t, sample, randn() if t > 0 else None, self.clip_sample)
+        return prev, x0, state
+
+
+@dataclass(frozen=True)
+class DDIM(Sampler):
+    """DDIM over trailing timesteps (Song et al. 2021); η = 0 deterministic, η = 1 ancestral."""
+
+    name: ClassVar[str] = "ddim"
+    label: ClassVar[str] = "DDIM (deterministic)"
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+
+    def step(self, schedule, model_output, t, prev_t, sample, state, randn):
+        noise = randn() if self.eta > 0 else None
+        prev, x0 = ddim_step(schedule, model_output, t, prev_t, sample, self.eta, noise, self.clip_sample)
+        return prev, x0, state
+
+
+@dataclass(frozen=True)
+class DPMSolverPP2M(Sampler):
+    """DPM-Solver++(2M) over trailing timesteps (Lu et al. 2022); its state is the previous x̂₀ and its t."""
+
+    name: ClassVar[str] = "dpmpp"
+    label: ClassVar[str] = "DPM-Solver++ (2M)"
+
+    def init_state(self) -> tuple[torch.Tensor | None, int | None]:
+        return None, None  # (prev_x0, last_t)
+
+    def step(self, schedule, model_output, t, prev_t, sample, state, randn):
+        prev_x0, last_t = state
+        tt = torch.full((sample.shape[0],), t, dtype=torch.long)
+        x0 = _maybe_clip(model_output_to_x0_eps(schedule, model_output, sample, tt)[0], self.clip_sample)
+        return dpmpp_2m_step(schedule, x0, prev_x0, t, prev_t, last_t, sample), x0, (x0, t)
+
+
+#: The registry: name -> sampler class. The CLI's --sampler choices and the app's picker are its keys.
+SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDPM, DDIM, DPMSolverPP2M)}
+
+
+def get_sampler(name: str, *, eta: float = 0.0, clip_sample: bool = True) -> Sampler:
+    """The sampler called ``name`` with these settings; η is DDIM's alone (any other sampler refuses η ≠ 0)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {name!r}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    cls = SAMPLERS[name]
+    if cls is DDIM:
+        return DDIM(clip_sample=clip_sample, eta=eta)
+    if eta != 0.0:
+        raise ValueError(f"eta is DDIM's setting; {name!r} has none (leave eta at 0 or use 'ddim')")
+    return cls(clip_sample=clip_sample)
+
+
 def sample_progressive(
     model: ModelFn,
     schedule: NoiseSchedule,
     shape: tuple[int, ...],
-    sampler: SamplerName = "dpmpp",
+    sampler: str | Sampler = DEFAULT_SAMPLER,
     num_steps: int | None = None,
     *,
     eta: float = 0.0,
@@ -186,44 +289,43 @@ def sample_progressive(
     """Run a sampler from pure noise, yielding one SamplerStep per network evaluation.
 
     ``model(x_t, t)`` takes (B, C, H, W) and timesteps (B,) and returns the ε or v prediction.
-    ``num_steps`` defaults to T for DDPM (which always uses every step) and 20 otherwise.
+    ``sampler`` is a name in ``SAMPLERS`` (with ``eta`` and ``clip_sample``) or a ``Sampler``; ``num_steps``
+    defaults to the sampler's own (all T for DDPM, ``DEFAULT_STEPS`` otherwise).
     Random draws come from ``generator`` on the CPU, so a seed gives the same images on any device.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
-    T = schedule.num_timesteps
-    if sampler == "ddpm":
-        if num_steps not in (None, T):
-            raise ValueError(f"DDPM ancestral sampling uses all T = {T} steps; use 'ddim' or 'dpmpp' for fewer")
-        timesteps = list(range(T - 1, -1, -1))
-    else:
-        timesteps = trailing_timesteps(T, min(20, T) if num_steps is None else num_steps)
+    algo = sampler if isinstance(sampler, Sampler) else get_sampler(sampler, eta=eta, clip_sample=clip_sample)
+    timesteps = algo.timesteps(schedule.num_timesteps, num_steps)
 
     def randn() -> torch.Tensor:
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
 
     x = noise.to(device) if noise is not None else randn()
-    prev_x0, last_t = None, None
+    state = algo.init_state()
     n = len(timesteps)
     for i, t in enumerate(timesteps):
         prev_t = timesteps[i + 1] if i + 1 < n else -1
         out = model(x, torch.full((shape[0],), t, device=device, dtype=torch.long)).float()
-        if sampler == "ddpm":
-            x, x0 = ddpm_step(schedule, out, t, x, randn() if t > 0 else None, clip_sample)
-        elif sampler == "ddim":
-            x, x0 = ddim_step(schedule, out, t, prev_t, x, eta, randn() if eta > 0 else None, clip_sample)
-        else:
-            tt = torch.full((shape[0],), t, dtype=torch.long)
-            x0 = model_output_to_x0_eps(schedule, out, x, tt)[0]
-            x0 = _maybe_clip(x0, clip_sample)
-            x = dpmpp_2m_step(schedule, x0, prev_x0, t, prev_t, last_t, x)
-            prev_x0, last_t = x0, t
+        x, x0, state = algo.step(schedule, out, t, prev_t, x, state, randn)
+        check_finite(x, i, n, t)
         yield SamplerStep(index=i, num_steps=n, t=t, prev_sample=x, pred_original_sample=x0)
 
 
-def sample(model: ModelFn, schedule: NoiseSchedule, shape: tuple[int, ...], sampler: SamplerName = "dpmpp",
+class NonFiniteSampleError(FloatingPointError):
+    """A sample became NaN or infinite while sampling (a broken network or an extreme setting)."""
+
+
+def check_finite(x: torch.Tensor, index: int, num_steps: int, t: int) -> None:
+    """Refuse to go on once any image of ``x`` (B, C, H, W) holds a NaN or ±inf: it would come out black or
+    saturated, and look like a result."""
+    bad = ~torch.isfinite(x).flatten(1).all(dim=1)
+    if bool(bad.any()):
+        raise NonFiniteSampleError(
+            f"sampling went non-finite at step {index + 1} of {num_steps} (t = {t}): {int(bad.sum())} of {x.shape[0]} "
+            "images hold NaN or infinite values, so no image is returned. The network's weights or the settings "
+            "(guidance, steps) are broken; try the shipped model or the recommended settings.")
+
+
+def sample(model: ModelFn, schedule: NoiseSchedule, shape: tuple[int, ...], sampler: str | Sampler = DEFAULT_SAMPLER,
            num_steps: int | None = None, **kwargs) -> torch.Tensor:
     """The final x_0 of ``sample_progressive`` (same arguments)."""
     step = None

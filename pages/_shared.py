@@ -31,9 +31,11 @@ from ddpm.compute_gate import ComputeGate
 from ddpm.data import CLASS_NAMES, ImageSet, load_images, load_subset, to_hwc_numpy
 from ddpm.jobs import JobRegistry
 from ddpm.model_card import EVALUATION_NAME, read_evaluation
-from ddpm.pipeline import PRIOR, Trajectory, generate, recommended_sampling, sampler_steps, trajectory
+from ddpm.pipeline import PRIOR, Trajectory, generate, trajectory
 from ddpm.preview import Preview, PreviewRequest, read_preview, weights_fingerprint
 from ddpm.result_cache import ResultCache
+from ddpm.samplers import SAMPLERS
+from ddpm.sampling_spec import MAX_GUIDANCE, SamplingSpec
 from ddpm.server_limits import ServerLimits
 from ddpm.uploads import MAX_UPLOAD_BYTES, load_upload
 
@@ -55,8 +57,7 @@ PLOTLY_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "l
 PRETRAINED, PAPER, RUN, UPLOAD = "pretrained", "paper", "run", "upload"
 MODEL_LABELS = {PRETRAINED: "Pretrained model (default)", PAPER: "Paper's setup (seed)",
                 RUN: "Your training run", UPLOAD: "Your uploaded checkpoint"}
-SAMPLER_LABELS = {"ddpm": "DDPM (ancestral, all T steps)", "ddim": "DDIM (deterministic)", "dpmpp": "DPM-Solver++ (2M)"}
-MAX_GUIDANCE = 6.0
+SAMPLER_LABELS = {name: sampler.label for name, sampler in SAMPLERS.items()}
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def tissue_picker(model: ActiveModel, key: str, container=st) -> Tissue | None:
     """A tissue choice and a guidance slider for a tissue-conditional model (None, and nothing drawn, otherwise)."""
     if not model.conditional:
         return None
-    recommended = float(recommended_sampling(model.checkpoint.config)["guidance"])
+    recommended = model.checkpoint.sampling.guidance
     c1, c2 = container.columns(2)
     tissue = c1.selectbox("Tissue", [PRIOR, *range(len(CLASS_NAMES))], key=f"{key}_tissue",
                           format_func=lambda o: "a mix, as in the training split" if o == PRIOR else CLASS_NAMES[o])
@@ -241,8 +242,13 @@ def tissue_picker(model: ActiveModel, key: str, container=st) -> Tissue | None:
     return Tissue(tissue, float(guidance))
 
 
-def _classes(tissue: Tissue | None) -> tuple[int | str | None, float]:
-    return (None, 1.0) if tissue is None else (tissue.tissue, tissue.guidance)
+def _request(model: ActiveModel, spec: SamplingSpec | None, tissue: Tissue | None) -> tuple[SamplingSpec, int | str | None]:
+    """(spec, classes) to run: ``spec`` (default: the model's recommended one) fitted to the model's T, with the
+    visitor's guidance when a tissue was picked (an unconditional model has none to apply)."""
+    spec = (spec or model.checkpoint.sampling).fitted(model.checkpoint.schedule.num_timesteps)
+    if tissue is None:
+        return spec.replace(guidance=1.0), None
+    return spec.replace(guidance=tissue.guidance), tissue.tissue
 
 
 # ---- evaluation reports (the one place that knows the evaluation package's API) ---------------
@@ -267,9 +273,9 @@ def run_evaluation(model: ActiveModel, n: int, progress, tissue: Tissue | None =
     """Generate ``n`` patches and score them (``progress(fraction, message)``); stores the report for this visitor."""
     from ddpm.evaluation.report import sample_and_evaluate
 
-    classes, guidance = _classes(tissue)
-    report, _ = sample_and_evaluate(model.checkpoint.model, model.checkpoint.schedule, n, "dpmpp", None, seed=1,
-                                    callback=progress, classes=classes, guidance=guidance)
+    spec, classes = _request(model, None, tissue)
+    report, _ = sample_and_evaluate(model.checkpoint.model, model.checkpoint.schedule, n, spec, seed=1,
+                                    callback=progress, classes=classes)
     st.session_state.setdefault("evaluation", {})[model.key] = report
     return report
 
@@ -317,27 +323,24 @@ def _with_progress(key: tuple, text: str, compute):
     return value
 
 
-def cached_trajectory(model: ActiveModel, sampler: str, steps: int | None, seed: int, n: int,
+def cached_trajectory(model: ActiveModel, spec: SamplingSpec, seed: int, n: int,
                       tissue: Tissue | None = None) -> Trajectory:
-    """The whole reverse run, computed once per (model, sampler, steps, seed, n, tissue) for the whole server."""
-    schedule = model.checkpoint.schedule
-    classes, guidance = _classes(tissue)
-    return _with_progress(("trajectory", model.key, sampler, steps, seed, n, classes, guidance), "Denoising… step",
-                          lambda cb: trajectory(model.checkpoint.model, schedule, n, sampler, steps, seed, callback=cb,
-                                                classes=classes, guidance=guidance))
+    """The whole reverse run, computed once per (model, spec, seed, n, tissue) for the whole server."""
+    spec, classes = _request(model, spec, tissue)
+    return _with_progress(("trajectory", model.key, spec, seed, n, classes), "Denoising… step",
+                          lambda cb: trajectory(model.checkpoint.model, model.checkpoint.schedule, n, spec, seed=seed,
+                                                callback=cb, classes=classes))
 
 
-def cached_samples(model: ActiveModel, n: int, seed: int, sampler: str = "dpmpp", steps: int | None = 20,
+def cached_samples(model: ActiveModel, n: int, seed: int, spec: SamplingSpec | None = None,
                    tissue: Tissue | None = None) -> np.ndarray:
-    """``n`` generated patches, uint8 (n, H, W, 3), computed once per (model, sampler, steps, seed, n, tissue);
-    ``tissue.tissue`` may also be a list of class indices, one per patch."""
-    schedule = model.checkpoint.schedule
-    steps = sampler_steps(schedule, sampler, steps)
-    classes, guidance = _classes(tissue)
+    """``n`` generated patches, uint8 (n, H, W, 3), computed once per (model, spec, seed, n, tissue) with ``spec``
+    (default: the model's recommended one); ``tissue.tissue`` may also be a list of class indices, one per patch."""
+    spec, classes = _request(model, spec, tissue)
     key_classes = tuple(classes) if isinstance(classes, (list, tuple)) else classes
-    return _with_progress(("samples", model.key, sampler, steps, seed, n, key_classes, guidance), "Sampling… step",
-                          lambda cb: to_hwc_numpy(generate(model.checkpoint.model, schedule, n, sampler, steps, seed,
-                                                           callback=cb, classes=classes, guidance=guidance)))
+    return _with_progress(("samples", model.key, spec, seed, n, key_classes), "Sampling… step",
+                          lambda cb: to_hwc_numpy(generate(model.checkpoint.model, model.checkpoint.schedule, n, spec,
+                                                           seed=seed, callback=cb, classes=classes)))
 
 
 # ---- the training job's heartbeat, from whichever page the visitor is on -----------------------

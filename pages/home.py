@@ -34,14 +34,13 @@ preview = stored_preview(model, request)
 if preview is not None:
     generated = preview.images
 else:
-    generated = cached_samples(model, n=request.n, seed=seed, sampler=request.sampler, steps=request.steps,
-                               tissue=tissue)
+    generated = cached_samples(model, n=request.n, seed=seed, spec=request.spec, tissue=tissue)
 real = bundled_real_images()
 asked = None if tissue is None or tissue.tissue == PRIOR else CLASS_NAMES[tissue.tissue]
 real_patches, _ = pick_patches(real, asked, 16, seed=seed)
 show(side_by_side_figure(generated, to_hwc_numpy(real_patches), f"generated (seed {seed})",
                          f"real {asked or 'PathMNIST'} patches", ncols=4), key="home_grid", where=grid)
-settings = f"{SAMPLER_LABELS[request.sampler]}, {request.steps or 'all T'} steps"
+settings = f"{SAMPLER_LABELS[request.spec.sampler]}, {request.spec.steps or 'all T'} steps"
 settings += "" if tissue is None else f"; {tissue.describe()}"
 if preview is not None:
     st.caption(f"Left: 16 patches made ahead of time by these same weights ({model.label.lower()}; sha256 "

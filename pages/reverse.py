@@ -5,11 +5,11 @@ from ddpm.data import image_grid
 from ddpm.export import trajectory_gif
 from ddpm.figures import denoising_animation_figure, side_by_side_figure, trajectory_times
 from ddpm.imaging import png_bytes
-from ddpm.pipeline import sampler_steps
+from ddpm.sampling_spec import SamplingSpec
 from pages._shared import (SAMPLER_LABELS, Tissue, cached_trajectory, keep_training_alive, model_picker, results, show,
                            tissue_picker)
 
-DEFAULTS = {"sampler": "dpmpp", "steps": 20, "seed": 0, "n": 9}
+DEFAULTS = {"seed": 0, "n": 9}
 
 keep_training_alive()
 st.title("Reverse denoising")
@@ -18,29 +18,29 @@ st.write("Sampling runs the forward process backwards: from pure noise, the netw
 
 model = model_picker()
 T = model.checkpoint.schedule.num_timesteps
-settings = st.session_state.setdefault("reverse", dict(DEFAULTS))
+settings = st.session_state.setdefault("reverse", {**DEFAULTS, "spec": model.checkpoint.sampling})
+spec: SamplingSpec = settings["spec"]
 with st.form("reverse_settings"):
     c1, c2, c3, c4 = st.columns(4)
-    sampler = c1.selectbox("Sampler", list(SAMPLER_LABELS), index=list(SAMPLER_LABELS).index(settings["sampler"]),
+    sampler = c1.selectbox("Sampler", list(SAMPLER_LABELS), index=list(SAMPLER_LABELS).index(spec.sampler),
                            format_func=SAMPLER_LABELS.get, key="rev_sampler")
-    steps = c2.slider("Steps (DDPM always uses T)", 2, T, min(settings["steps"], T), key="rev_steps")
+    steps = c2.slider("Steps (DDPM always uses T)", 2, T, min(spec.fitted(T).steps or T, T), key="rev_steps")
     seed = c3.number_input("Seed", 0, 2**31 - 1, settings["seed"], key="rev_seed")
     n = c4.slider("Images", 1, 16, settings["n"], key="rev_n")
     tissue = tissue_picker(model, "rev")
     if st.form_submit_button("Generate", type="primary"):
-        settings.update(sampler=sampler, steps=steps, seed=int(seed), n=n, tissue=tissue)
+        settings.update(spec=SamplingSpec(sampler, steps).fitted(T), seed=int(seed), n=n, tissue=tissue)
 
 asked: Tissue | None = settings.get("tissue") if model.conditional else None
 if model.conditional and asked is None:  # the form's defaults until the visitor presses Generate
     asked = tissue
-run = (settings["sampler"], sampler_steps(model.checkpoint.schedule, settings["sampler"], settings["steps"]),
-       settings["seed"], settings["n"])
+run = (settings["spec"].fitted(T), settings["seed"], settings["n"])
 traj = cached_trajectory(model, *run, tissue=asked)
 key = (asked.tissue, asked.guidance) if asked else None
 animation = results().get_or_compute(("animation", model.key, *run, key),
                                      lambda: denoising_animation_figure(traj.samples, traj.pred_x0, traj.timesteps))
 show(animation, key="rev_animation")
-st.caption(f"{SAMPLER_LABELS[settings['sampler']]}, {traj.num_steps} network evaluations"
+st.caption(f"{SAMPLER_LABELS[traj.sampler]}, {traj.num_steps} network evaluations"
            f"{' (each on a batch twice the size: conditional and unconditional)' if asked and asked.guidance not in (0, 1) else ''}, "
            f"seed {settings['seed']}, {model.label.lower()}{f', {asked.describe()}' if asked else ''}. "
            "Press ▶ or drag the slider: every frame is already computed.")

@@ -176,11 +176,12 @@ def test_a_conditional_models_card_names_its_tissues_guidance_hardware_and_per_t
     meta = front_matter(card)
     assert "pipeline_tag" not in meta and {"class-conditional", "classifier-free-guidance"} <= set(meta["tags"])
     assert "A tissue-conditional denoising diffusion model (9 tissues" in card
-    assert "classes='adipose', guidance=1.5" in card and "`--class NAME`" in card
+    assert "ckpt.sampling, seed=0, classes='adipose')" in card and "ckpt.sampling is dpmpp, 20 steps, guidance 1.5" in card
+    assert "`--class NAME`" in card
     assert f"- Conditioning: 9 tissue classes ({', '.join(names)})" in card
     assert "on cpu (" in card and f"(torch {torch.__version__})" in card
     assert "- Started from: an older run." in card
-    assert "- Recommended sampling: dpmpp with 20 steps, guidance 1.5 (its sweep)." in card
+    assert "- Recommended sampling: dpmpp, 20 steps, guidance 1.5 (its sweep)." in card
     assert "guidance 1.5, tissues drawn from the training prior" in card
     assert "| conditional_accuracy | 0.95 | – |" in card
     assert "| tissue 3 | 10 | 2 | 0.5 | 0.9 |" in card

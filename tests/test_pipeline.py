@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ddpm.data import CLASS_NAMES, class_prior
-from ddpm.pipeline import DEFAULT_SAMPLING, generate, recommended_sampling, resolve_classes, sampler_steps
+from ddpm.pipeline import generate, resolve_classes
+from ddpm.sampling_spec import SamplingSpec
 from ddpm.schedules import NoiseSchedule, ScheduleConfig
 from ddpm.unet import UNetConfig, build_unet
 
@@ -14,10 +15,11 @@ SCHEDULE = NoiseSchedule.from_config(ScheduleConfig(num_timesteps=20))
 
 @pytest.mark.parametrize("sampler, steps, expected", [
     ("ddpm", 5, None),  # DDPM always runs all T steps, whatever the slider says
-    ("ddim", 5, 5), ("dpmpp", 50, 20), ("dpmpp", 0, 1), ("ddim", 20, 20),
+    ("ddim", 5, 5), ("dpmpp", 50, 20), ("dpmpp", 1, 1), ("ddim", 20, 20),
 ])
 def test_a_step_setting_becomes_the_samplers_steps_within_the_schedule(sampler, steps, expected):
-    assert sampler_steps(SCHEDULE, sampler, steps) == expected
+    spec = SamplingSpec(sampler, None if sampler == "ddpm" else max(steps, 1)).fitted(SCHEDULE.num_timesteps)
+    assert spec.steps == expected
 
 
 # ---- tissue classes and guidance ------------------------------------------------------------------
@@ -74,8 +76,9 @@ def conditional_net(tiny_config) -> torch.nn.Module:
 
 
 def test_generate_with_a_conditional_model_is_reproducible_and_conditions_each_image_on_its_class(conditional_net):
-    run = lambda classes, seed=0, guidance=1.0: generate(conditional_net, SCHEDULE, 3, "dpmpp", 3, seed=seed,  # noqa: E731
-                                                         precision="fp32", classes=classes, guidance=guidance)
+    run = lambda classes, seed=0, guidance=1.0: generate(conditional_net, SCHEDULE, 3,  # noqa: E731
+                                                         SamplingSpec("dpmpp", 3, guidance), seed=seed,
+                                                         precision="fp32", classes=classes)
     a = run([0, 4, 8])
     assert a.shape == (3, 3, 28, 28)
     assert torch.equal(a, run([0, 4, 8]))
@@ -91,15 +94,15 @@ def test_generate_with_a_conditional_model_is_reproducible_and_conditions_each_i
 
 def test_generate_without_classes_draws_them_from_the_prior_with_the_same_seed(conditional_net):
     drawn = resolve_classes(9, 3, None, seed=2)
-    a = generate(conditional_net, SCHEDULE, 3, "ddim", 2, seed=2, precision="fp32")
-    b = generate(conditional_net, SCHEDULE, 3, "ddim", 2, seed=2, precision="fp32", classes=drawn)
+    a = generate(conditional_net, SCHEDULE, 3, SamplingSpec("ddim", 2), seed=2, precision="fp32")
+    b = generate(conditional_net, SCHEDULE, 3, SamplingSpec("ddim", 2), seed=2, precision="fp32", classes=drawn)
     assert torch.equal(a, b)
 
 
 def test_recommended_sampling_falls_back_to_the_defaults_and_honours_a_checkpoints_choice():
-    assert recommended_sampling(None) == DEFAULT_SAMPLING
-    assert recommended_sampling({"model": {}}) == DEFAULT_SAMPLING
-    assert recommended_sampling({"sampling": None}) == DEFAULT_SAMPLING
-    chosen = recommended_sampling({"sampling": {"guidance": 2.0, "steps": 10, "chosen_by": "sweep"}})
-    assert chosen == {"sampler": "dpmpp", "steps": 10, "guidance": 2.0, "chosen_by": "sweep"}
-    assert DEFAULT_SAMPLING == {"sampler": "dpmpp", "steps": 20, "guidance": 1.0}  # not changed by the merge
+    assert SamplingSpec.recommended(None) == SamplingSpec()
+    assert SamplingSpec.recommended({"model": {}}) == SamplingSpec()
+    assert SamplingSpec.recommended({"sampling": None}) == SamplingSpec()
+    chosen = SamplingSpec.recommended({"sampling": {"guidance": 2.0, "steps": 10, "chosen_by": "sweep"}})
+    assert chosen == SamplingSpec("dpmpp", 10, 2.0)
+    assert SamplingSpec() == SamplingSpec("dpmpp", 20, 1.0, 0.0)  # the one default

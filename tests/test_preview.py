@@ -11,7 +11,8 @@ import torch
 from ddpm.checkpoints import SHIPPED_DIR, WEIGHTS_NAME, load_local, make_config, save_checkpoint
 from ddpm.cli import main
 from ddpm.data import to_hwc_numpy
-from ddpm.pipeline import generate, recommended_sampling
+from ddpm.pipeline import generate
+from ddpm.sampling_spec import SamplingSpec
 from ddpm.preview import (PREVIEW_NAME, PRIOR, home_request, load_preview, make_preview, read_preview,
                           weights_fingerprint, write_preview)
 from ddpm.schedules import ScheduleConfig
@@ -42,18 +43,17 @@ def test_the_fingerprint_is_the_sha256_of_the_weights_file_and_changes_with_the_
 
 def test_home_request_takes_the_checkpoints_recommended_sampler_steps_and_guidance(ckpt, tmp_path):
     request = home_request(ckpt)
-    assert (request.sampler, request.steps, request.guidance, request.seed, request.n, request.tissue) == \
-        ("ddim", 4, 2.0, 0, 16, PRIOR)
+    assert (request.spec, request.seed, request.n, request.tissue) == (SamplingSpec("ddim", 4, 2.0), 0, 16, PRIOR)
     assert home_request(ckpt, seed=5, tissue=3, guidance=0.5).tissue == "3"
     unconditional = tiny_checkpoint(tmp_path / "u", num_classes=None)
-    assert home_request(unconditional, tissue=3, guidance=4.0).guidance == 1.0  # it has no tissue to guide towards
-    assert home_request(unconditional).sampler == recommended_sampling(None)["sampler"]
+    assert home_request(unconditional, tissue=3, guidance=4.0).spec.guidance == 1.0  # it has no tissue to guide towards
+    assert home_request(unconditional).spec == SamplingSpec()
 
 
 def test_a_preview_holds_exactly_what_generate_makes_for_the_same_request(ckpt):
     request = home_request(ckpt, n=4)
     preview = make_preview(ckpt, request, precision="fp32")
-    live = generate(ckpt.model, ckpt.schedule, 4, "ddim", 4, seed=0, precision="fp32", classes=PRIOR, guidance=2.0)
+    live = generate(ckpt.model, ckpt.schedule, 4, SamplingSpec("ddim", 4, 2.0), seed=0, precision="fp32", classes=PRIOR)
     np.testing.assert_array_equal(preview.images, to_hwc_numpy(live))
     assert preview.images.dtype == np.uint8 and preview.images.shape == (4, 28, 28, 3)
     assert preview.classes.shape == (4,) and preview.precision == "fp32"
@@ -77,12 +77,15 @@ def test_a_preview_of_other_weights_is_never_returned(ckpt, tmp_path):
     assert read_preview(retrained.path, weights_fingerprint(retrained.path), request) is None
 
 
-@pytest.mark.parametrize("change", [dict(seed=1), dict(guidance=3.0), dict(tissue="2"), dict(steps=5),
-                                    dict(sampler="dpmpp"), dict(n=3)])
-def test_a_preview_made_with_other_settings_is_never_returned(ckpt, change):
+@pytest.mark.parametrize("change, spec_change", [(dict(seed=1), {}), ({}, dict(guidance=3.0)), (dict(tissue="2"), {}),
+                                                 ({}, dict(steps=5)), ({}, dict(sampler="dpmpp")), (dict(n=3), {}),
+                                                 ({}, dict(eta=0.5))])
+def test_a_preview_made_with_other_settings_is_never_returned(ckpt, change, spec_change):
     request = home_request(ckpt, n=4)
     write_preview(ckpt.path, make_preview(ckpt, request, precision="fp32"))
-    assert read_preview(ckpt.path, weights_fingerprint(ckpt.path), replace(request, **change)) is None
+    other = replace(request, spec=replace(request.spec, **spec_change), **change)
+    assert other != request
+    assert read_preview(ckpt.path, weights_fingerprint(ckpt.path), other) is None
 
 
 def test_no_preview_is_none_and_a_broken_one_says_how_to_rewrite_it(ckpt):

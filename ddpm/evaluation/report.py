@@ -197,30 +197,34 @@ def evaluation_panel(generated_hwc: np.ndarray, data: ReferenceData, report: dic
     return np.concatenate([top, np.full((12, top.shape[1], 3), 255, np.uint8), bottom])
 
 
-def sample_and_evaluate(model: torch.nn.Module, schedule, n: int, sampler: str = "dpmpp", num_steps: int | None = None,
-                        seed: int = 0, data: ReferenceData | None = None, encoder: TissueEncoder | None = None,
-                        progress: bool = False, callback=None, precision: str = "auto", classes=None,
-                        guidance: float = 1.0) -> tuple[dict, torch.Tensor]:
+def sample_and_evaluate(model: torch.nn.Module, schedule, n: int, spec=None, *, seed: int = 0,
+                        data: ReferenceData | None = None, encoder: TissueEncoder | None = None,
+                        progress: bool = False, callback=None, precision: str = "auto",
+                        classes=None) -> tuple[dict, torch.Tensor]:
     """Generate ``n`` patches with ``model`` and score them: (report with its "sampling" section, uint8 (n, 3, H, W)).
 
     The one sample-then-score flow of the CLI, the app and bench: ``callback(fraction, message)``
-    follows both halves (sampling to 0.5, scoring to 1). A tissue-conditional model takes ``classes``
-    (default: drawn from the training prior) and ``guidance``; the report then has the conditional accuracy.
+    follows both halves (sampling to 0.5, scoring to 1). ``spec`` is a ``SamplingSpec`` (default: the default
+    one). A tissue-conditional model takes ``classes`` (default: drawn from the training prior); the report then
+    has the conditional accuracy.
     """
     from ..data import to_uint8
-    from ..pipeline import generate, num_model_calls, resolve_classes
+    from ..pipeline import generate, resolve_classes
+    from ..sampling_spec import DEFAULT_SPEC
 
+    spec = spec or DEFAULT_SPEC
     tell = callback or (lambda f, m: None)
     requested = resolve_classes(model.config.num_classes, n, classes, seed)
     t0 = time.time()
-    images = to_uint8(generate(model, schedule, n, sampler, num_steps, seed, progress=progress, precision=precision,
+    images = to_uint8(generate(model, schedule, n, spec, seed=seed, progress=progress, precision=precision,
                                callback=lambda done, total: tell(0.5 * done / total, f"sampling: step {done}/{total}"),
-                               classes=requested, guidance=guidance))
+                               classes=requested))
     seconds = time.time() - t0
     report = evaluate_images(images, data, encoder, seed=seed, progress=progress, requested=requested,
                              callback=lambda f, message: tell(0.5 + 0.5 * f, f"evaluating: {message}"))
-    report["sampling"] = {"sampler": sampler, "steps": num_model_calls(schedule, sampler, num_steps), "seed": seed,
-                          "guidance": guidance if requested is not None else None,
+    report["sampling"] = {"sampler": spec.sampler, "steps": spec.num_model_calls(schedule.num_timesteps), "seed": seed,
+                          "guidance": spec.guidance if requested is not None else None,
+                          **({"eta": spec.eta} if spec.eta else {}),
                           "seconds": round(seconds, 1), "seconds_per_1000": round(seconds * 1000 / n, 1),
                           "device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),
                           "precision": precision}
@@ -241,15 +245,15 @@ def evaluate_checkpoint(args) -> dict:
     device = resolve_device(args.device)
     say_precision(args, device)
     ckpt = load_checkpoint(args.checkpoint)
-    sampler, steps, classes, guidance = sampling_settings(args, ckpt, args.n, args.seed)
-    print(f"model from {ckpt.source}; {describe_sampling(sampler, steps, classes, guidance, args.tissue)}")
+    spec, classes = sampling_settings(args, ckpt, args.n, args.seed)
+    print(f"model from {ckpt.source}; {describe_sampling(spec, classes, args.tissue)}")
     data = load_reference(args.data_dir)
     if data.note:
         print(f"warning: {data.note}")
     encoder = load_encoder(args.encoder)
     model = ckpt.model.to(device)
-    report, images = sample_and_evaluate(model, ckpt.schedule, args.n, sampler, steps, args.seed, data, encoder,
-                                         progress=True, precision=args.precision, classes=classes, guidance=guidance)
+    report, images = sample_and_evaluate(model, ckpt.schedule, args.n, spec, seed=args.seed, data=data, encoder=encoder,
+                                         progress=True, precision=args.precision, classes=classes)
     report["sampling"] = {"checkpoint": ckpt.source, **report["sampling"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
