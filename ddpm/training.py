@@ -294,11 +294,11 @@ class Trainer:
         """Train until ``max_steps`` (default: the config's), until ``stop_event`` is set, or until
         ``time_limit_s`` seconds of this call have passed (then it saves and returns, stopped).
 
-        A NaN/inf loss raises NonFiniteLossError naming the first step that had one; nothing is saved
-        after it, so the checkpoint on disk is the last one written before it (checkpoints are written
-        only where every loss so far was read and finite, at most every ``checkpoint_every_s``), and
-        the loss log ends at the last read before it.  When the loss is read decides what the trainer
-        in memory holds by then:
+        A NaN/inf loss raises NonFiniteLossError naming the first step that had one.  Weights are saved
+        only after every loss up to them was read back and found finite (at a read, at most every
+        ``checkpoint_every_s``, and at the end), so nothing is saved after the NaN: the checkpoint on
+        disk is the last one written before it, and the loss log ends at the read before it.  When the
+        loss is read decides what the trainer in memory holds by then:
         - on the CPU (``sync_every == 1``) the loss is read at every step and the NaN is caught before
           its update: the weights in memory are still those of the step before it;
         - on a GPU it is read every ``sync_every`` (GPU_SYNC_EVERY) steps and at ``max_steps``, so the
@@ -306,12 +306,29 @@ class Trainer:
           been applied to the weights in memory, which are then not to be used.
         """
         max_steps = max_steps or self.config.max_steps
-        sync_every = self.sync_every
         self.model.train()
-        pending: list[tuple[int, torch.Tensor]] = []
+        pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back from the device
         start, last_save, images_done, last_loss = time.time(), time.time(), 0, float("nan")
         rate_t0, rate_step = time.time(), self.step
         stopped = False
+
+        def read_back() -> float:
+            """Read the pending losses (one device sync), refuse a NaN, log them, report; returns the time."""
+            nonlocal pending, last_loss
+            values = torch.stack([l for _, l in pending]).float().tolist()
+            bad = [s for (s, _), v in zip(pending, values) if not math.isfinite(v)]
+            if bad:
+                self._raise_non_finite(bad[0] - 1, float("nan"))
+            now = time.time()
+            rate = (self.step - rate_step) * self.config.batch_size * self.world_size / max(now - rate_t0, 1e-9)
+            rows = [(s, v, self.lr_at(s - 1)) for (s, _), v in zip(pending, values)]
+            if self.out_dir is not None and self.rank == 0:
+                rf.append_log(self.out_dir, rows, rate, now - start + self.train_seconds)
+            last_loss, pending = values[-1], []
+            if callback is not None:
+                callback(TrainProgress(self.step, max_steps, last_loss, self.lr_at(self.step - 1), rate, now - start))
+            return now
+
         while self.step < max_steps:
             if (stop_event is not None and stop_event.is_set()) or (
                     time_limit_s is not None and time.time() - start >= time_limit_s):
@@ -322,24 +339,15 @@ class Trainer:
             images_done += self.config.batch_size * self.world_size
             self.images_seen += self.config.batch_size * self.world_size
             pending.append((self.step, loss))
-            if len(pending) >= sync_every or self.step == max_steps:
-                values = torch.stack([l for _, l in pending]).float().tolist()
-                bad = [s for (s, _), v in zip(pending, values) if not math.isfinite(v)]
-                if bad:
-                    self._raise_non_finite(bad[0] - 1, float("nan"))
-                now = time.time()
-                rate = (self.step - rate_step) * self.config.batch_size * self.world_size / max(now - rate_t0, 1e-9)
-                rows = [(s, v, self.lr_at(s - 1)) for (s, _), v in zip(pending, values)]
-                if self.out_dir is not None and self.rank == 0:
-                    rf.append_log(self.out_dir, rows, rate, now - start + self.train_seconds)
-                last_loss, pending = values[-1], []
-                if callback is not None:
-                    callback(TrainProgress(self.step, max_steps, last_loss, self.lr_at(self.step - 1), rate, now - start))
+            if len(pending) >= self.sync_every or self.step == max_steps:
+                now = read_back()
                 if now - last_save > self.config.checkpoint_every_s:
                     self.save()
                     last_save = time.time()
                 if now - rate_t0 > 10:  # a moving window for images/s
                     rate_t0, rate_step = now, self.step
+        if pending:  # stopped between two reads (a GPU): check and log those steps before saving their weights
+            read_back()
         self.train_seconds += time.time() - start
         self.save()
         elapsed = time.time() - start

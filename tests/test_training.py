@@ -539,3 +539,45 @@ def test_a_shipped_checkpoint_without_a_commit_record_or_optimizer_moments_resum
     assert "records no data identity" in trainer.warnings[0]
     assert trainer.train().steps == steps + 1
     assert json.loads((run / ckpt.STATE_CONFIG_NAME).read_text())["data"]["count"] == len(data)
+
+
+def stop_after_step(trainer: Trainer, monkeypatch, stop_at: int, poison_at: int | None = None) -> threading.Event:
+    """Wrap train_step: set the returned event once step ``stop_at`` (1-based) is done; from step ``poison_at`` on,
+    a weight is NaN (so is every loss)."""
+    stop, real_step = threading.Event(), trainer.train_step
+
+    def step_then_maybe_stop(step: int) -> torch.Tensor:
+        if poison_at is not None and step + 1 == poison_at:
+            with torch.no_grad():
+                trainer.model.conv_in.weight[0, 0, 0, 0] = float("nan")
+        loss = real_step(step)
+        if step + 1 == stop_at:
+            stop.set()
+        return loss
+
+    monkeypatch.setattr(trainer, "train_step", step_then_maybe_stop)
+    return stop
+
+
+def test_with_loss_reads_every_4_steps_a_stop_between_reads_logs_the_unread_steps_before_saving_them(make_trainer,
+                                                                                                    tmp_path,
+                                                                                                    monkeypatch):
+    trainer = make_trainer(tmp_path)
+    trainer.sync_every = 4
+    seen = []
+    result = trainer.train(callback=lambda p: seen.append(p.step), stop_event=stop_after_step(trainer, monkeypatch, 6),
+                           max_steps=12)
+    assert result.stopped and result.steps == 6 and seen == [4, 6]
+    assert json.loads((tmp_path / ckpt.STATE_CONFIG_NAME).read_text())["step"] == 6
+    assert [int(r["step"]) for r in log_rows(tmp_path)] == [1, 2, 3, 4, 5, 6]  # the saved steps are all logged
+
+
+def test_with_loss_reads_every_4_steps_a_nan_between_reads_then_a_stop_is_refused_not_saved(make_trainer, tmp_path,
+                                                                                          monkeypatch):
+    trainer = make_trainer(tmp_path, checkpoint_every_s=0.0)
+    trainer.sync_every = 4
+    stop = stop_after_step(trainer, monkeypatch, 6, poison_at=5)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 5; .*\(step 4\) was kept"):
+        trainer.train(stop_event=stop, max_steps=12)
+    assert json.loads((tmp_path / ckpt.STATE_CONFIG_NAME).read_text())["step"] == 4
+    assert all(torch.isfinite(p).all() for p in load_checkpoint(tmp_path).model.parameters())
