@@ -14,7 +14,10 @@ from .cli_options import (PRECISIONS, PRESET_NAMES, HelpFormatter, add_reproduci
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (resumable; Ctrl-C saves and stops)", formatter_class=HelpFormatter,
                        description="Train a diffusion model on PathMNIST. Ctrl-C (or SIGTERM) saves and stops; "
-                                   "--resume continues the run in --out exactly as its config.json describes it.",
+                                   "--resume continues the run in --out exactly as its config.json describes it, on "
+                                   "the data it trained on. An --out that already holds a run is refused unless "
+                                   "--resume or --overwrite. Each checkpoint is saved as one unit: a kill resumes "
+                                   "at the previous save or the new one.",
                        epilog=examples("python -m ddpm train --preset small --data-dir ~/.medmnist --out runs/mine",
                                         "python -m ddpm train --preset seed --subset --steps 102 --out runs/notebook",
                                         "python -m ddpm train --out runs/mine --resume --steps 30000",

@@ -138,13 +138,20 @@ def recover(folder: Path) -> None:
 def _read_commit(path: Path) -> dict[str, dict]:
     try:
         entries = json.loads(path.read_text())["files"]
-        if isinstance(entries, dict) and all({"tmp", "bytes", "sha256"} <= set(e) for e in entries.values()):
+        if isinstance(entries, dict) and all(_is_entry(name, e) for name, e in entries.items()):
             return entries
-        problem = "its files entry is malformed"
+        problem = "it names files outside the checkpoint set, or its entries are malformed"
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         problem = f"{type(err).__name__}: {err}"
     raise CheckpointError(f"{path} records an interrupted save but cannot be read ({problem}), so the save cannot be "
                           "finished: restore the run from a copy, or start a fresh run in another --out")
+
+
+def _is_entry(name: str, entry: Any) -> bool:
+    """A commit record's entry may only move a temporary of the set's own file onto that file, in its folder."""
+    return (name in SET_NAMES and isinstance(entry, dict) and {"tmp", "bytes", "sha256"} <= set(entry)
+            and isinstance(entry["tmp"], str) and entry["tmp"].startswith(f".{name}.") and "/" not in entry["tmp"]
+            and "\\" not in entry["tmp"])
 
 
 def orphans(folder: Path) -> list[Path]:
@@ -224,7 +231,8 @@ def check_step_agrees(folder: Path, state: RunState) -> None:
     """config.json and training_state.json must describe the same step (an older ddpm could save half a set)."""
     if not (folder / ckpt.CONFIG_NAME).is_file():
         return
-    steps = ckpt.read_config(folder).get("training", {}).get("steps")
+    training = ckpt.read_config(folder).get("training")
+    steps = training.get("steps") if isinstance(training, dict) else None
     if steps is not None and steps != state.step:
         raise CheckpointError(f"{folder / ckpt.CONFIG_NAME} is at step {steps} but {folder / ckpt.STATE_CONFIG_NAME} at "
                               f"step {state.step}: the set in {folder} was left half-written by an interrupted save. "

@@ -102,6 +102,33 @@ def test_a_save_killed_at_any_of_its_writes_resumes_at_the_old_or_new_step_and_e
     assert resumed_at == [3] * 7 + [5] * 6  # the old step up to the commit, the new one from it on
 
 
+def test_finishing_a_committed_save_is_itself_safe_to_kill_at_each_of_its_steps(make_trainer, straight_run, tmp_path,
+                                                                                monkeypatch):
+    committed = tmp_path / "committed"
+    trainer = make_trainer(tmp_path / "run")
+    trainer.train(max_steps=3)
+    with monkeypatch.context() as m:
+        kill_at(m, 8, tmp_path / "run", committed)  # the commit record is in place, no file renamed yet
+        with pytest.raises(Killed):
+            trainer.train(max_steps=5)
+    for k in range(1, 40):
+        work, crash = tmp_path / f"work{k}", tmp_path / f"crash{k}"
+        shutil.copytree(committed, work)
+        with monkeypatch.context() as m:
+            calls = kill_at(m, k, work, crash)
+            try:
+                rf.recover(work)
+            except Killed:
+                pass
+        if not crash.exists():
+            break
+        resumed = make_trainer(crash, resume=True)
+        assert resumed.step == 5
+        resumed.train()
+        assert_ends_as(crash, straight_run)
+    assert calls == ["_rename"] * 5 + ["_remove"] and k == 7
+
+
 def test_a_save_killed_by_a_real_exit_after_its_commit_is_finished_on_resume(make_trainer, straight_run, tmp_path):
     run = tmp_path / "run"
     make_trainer(run).train(max_steps=3)
@@ -204,3 +231,16 @@ def test_the_files_derived_from_a_runs_weights_are_the_ones_the_modules_that_wri
     from ddpm.preview import PREVIEW_NAME
 
     assert {EVALUATION_NAME, PREVIEW_NAME} <= set(rf.DERIVED_NAMES)
+
+
+@pytest.mark.parametrize("entries", [
+    {"model.safetensors": {"tmp": "../../elsewhere", "bytes": 1, "sha256": "0"}},
+    {"../model.safetensors": {"tmp": ".../model.safetensors.1.tmp", "bytes": 1, "sha256": "0"}},
+    {"notes.txt": {"tmp": ".notes.txt.1.tmp", "bytes": 1, "sha256": "0"}},
+])
+def test_a_commit_record_may_only_move_temporaries_of_the_set_onto_the_set(tmp_path, entries):
+    import json
+
+    (tmp_path / rf.COMMIT_NAME).write_text(json.dumps({"step": 1, "files": entries}))
+    with pytest.raises(CheckpointError, match="names files outside the checkpoint set"):
+        rf.recover(tmp_path)
