@@ -14,7 +14,10 @@ from .cli_options import (PRECISIONS, PRESET_NAMES, HelpFormatter, add_reproduci
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (resumable; Ctrl-C saves and stops)", formatter_class=HelpFormatter,
                        description="Train a diffusion model on PathMNIST. Ctrl-C (or SIGTERM) saves and stops; "
-                                   "--resume continues the run in --out exactly as its config.json describes it.",
+                                   "--resume continues the run in --out exactly as its config.json describes it, on "
+                                   "the data it trained on. An --out that already holds a run is refused unless "
+                                   "--resume or --overwrite. Each checkpoint is saved as one unit: a kill resumes "
+                                   "at the previous save or the new one.",
                        epilog=examples("python -m ddpm train --preset small --data-dir ~/.medmnist --out runs/mine",
                                         "python -m ddpm train --preset seed --subset --steps 102 --out runs/notebook",
                                         "python -m ddpm train --out runs/mine --resume --steps 30000",
@@ -38,8 +41,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--seed", type=int, help="seed of the initial weights, data order and noise (default: the preset's)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out; flags that contradict its "
-                   "config.json are refused")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue the run saved in --out; flags that contradict "
+                       "its config.json, and other data than it trained on, are refused")
+    start.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds one, deleting "
+                       "the old run's checkpoint, loss log and evaluation first (without it such an --out is refused)")
+    p.add_argument("--allow-data-change", action="store_true", help="with --resume: go on although the data (--subset / "
+                   "--data-dir) is not what the run trained on")
     p.add_argument("--init-from", help="start from these weights (folder, shipped name or Hub repo id) of the same architecture")
     p.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints (default: 300)")
     p.add_argument("--num-classes", type=int, help="train a tissue-conditional model with this many classes "
@@ -192,20 +200,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoints import load_checkpoint
     from .data import load_images, load_subset
     from .presets import get_preset
+    from .run_files import refuse_existing_run
     from .training import Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)
     writable_folder(Path(args.out))
+    if args.allow_data_change and not args.resume:
+        raise ValueError("--allow-data-change only applies with --resume (a new run records the data it trains on)")
+    if not args.resume:
+        refuse_existing_run(Path(args.out), args.overwrite)  # before any data is loaded; the trainer checks it too
     run = resume_config(args) if args.resume else None
     init_distributed(args.device)
     preset = get_preset(run.get("preset", "small") if run else (args.preset or "small"), args.size)
     if run:  # the run's own config.json is the truth; resume_config refused any flag that contradicts it
-        from .checkpoints import configs_from
+        from .checkpoints import CONFIG_NAME, CheckpointError, configs_from
         from .training import TrainConfig
 
         model_cfg, sched = configs_from(run, Path(args.out))
-        tc = TrainConfig.from_dict(run.get("training", {}))
+        try:
+            tc = TrainConfig.from_dict(run.get("training", {}))
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{Path(args.out) / CONFIG_NAME}: invalid training section ({err}); restore the "
+                                  "file from a copy of the run, or start a fresh run in another --out") from err
         tc = replace(tc, **{k: v for k, v in {"precision": args.precision, "checkpoint_every_s": args.checkpoint_every,
                                               "compile": args.compile or None}.items() if v is not None})
     else:
@@ -244,7 +261,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.init_from:
         extra["init_from"] = str(args.init_from)
     trainer = Trainer(model_cfg, sched, tc, data.images, out_dir=args.out, device=args.device, resume=args.resume,
-                      init_model=init, extra_config=extra, labels=data.labels)
+                      init_model=init, extra_config=extra, labels=data.labels, overwrite=args.overwrite,
+                      allow_data_change=args.allow_data_change)
+    for warning in trainer.warnings if trainer.rank == 0 else []:
+        print(f"warning: {warning}", file=sys.stderr)
     if trainer.rank == 0:
         print(f"preset {preset.name}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "
               f"{len(data):,} images ({data.source}), device {trainer.device}, bf16 {trainer.bf16}; "

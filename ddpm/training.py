@@ -3,13 +3,12 @@
 The whole split lives in memory as one uint8 tensor (N, 3, H, W) on the training device; a batch is
 an index into it, scaled to [-1, 1] and optionally flipped/rotated on the fly.  Under torchrun each
 rank trains on a disjoint shard of every epoch; gradients are all-reduced by DistributedDataParallel
-and only rank 0 writes files.
+and only rank 0 writes files.  The run's files (the atomic checkpoint set, the loss log, the data
+identity checked on resume) are ``run_files``' business; the trainer only trains.
 """
 from __future__ import annotations
 
 import copy
-import csv
-import json
 import math
 import os
 import platform
@@ -24,10 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints as ckpt
+from . import run_files as rf
 from .config import ConfigMixin
 from .data import dihedral_augment, to_model_range
 from .device import Precision, resolve_device, use_bf16
 from .schedules import NoiseSchedule, ScheduleConfig, min_snr_weight, q_sample, training_target
+from .run_files import read_training_log  # noqa: F401  (re-exported: it lived here first)
 from .unet import UNetConfig, build_unet, count_parameters, load_weights_from
 
 
@@ -144,15 +145,18 @@ class Trainer:
     """Trains one diffusion model on an in-memory uint8 image tensor.
 
     ``out_dir`` (optional) receives the checkpoint, the resumable training state and the loss log;
-    ``resume=True`` continues from what is there.  ``init_model`` starts from given weights (for
+    ``resume=True`` continues from what is there (refused when ``images``/``labels`` are not the data the
+    run trained on, unless ``allow_data_change``); without it a folder that holds a run is refused unless
+    ``overwrite``, which deletes the old run's files first.  ``init_model`` starts from given weights (for
     fine-tuning a pretrained model, or a conditional model from an unconditional one); the trainer
     always trains its own copy.  A conditional model (``model_config.num_classes``) needs ``labels``.
+    ``warnings`` collects what a caller should show (a resume whose data cannot be checked, or changed).
     """
 
     def __init__(self, model_config: UNetConfig, schedule_config: ScheduleConfig, train_config: TrainConfig,
                  images: torch.Tensor, out_dir: str | os.PathLike | None = None, device: str | torch.device = "auto",
                  resume: bool = False, init_model: nn.Module | None = None, extra_config: dict | None = None,
-                 labels: torch.Tensor | None = None):
+                 labels: torch.Tensor | None = None, overwrite: bool = False, allow_data_change: bool = False):
         if model_config.num_classes is not None:
             if labels is None or labels.shape != (images.shape[0],):
                 raise ValueError(f"a conditional model ({model_config.num_classes} classes) needs one label per image; "
@@ -175,7 +179,14 @@ class Trainer:
         self.bf16 = use_bf16(train_config.precision, self.device)
         self.schedule = NoiseSchedule.from_config(schedule_config)
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out_dir is not None and not resume:
+            rf.refuse_existing_run(self.out_dir, overwrite)
+            if self.rank == 0:
+                rf.clear_run(self.out_dir)
         self.extra_config = extra_config or {}
+        self.warnings: list[str] = []
+        self.data_identity = (rf.data_identity(images, labels, self.extra_config.get("data"))
+                              if self.out_dir is not None else None)
         self.images = images.to(self.device)
         self.labels = labels.long().to(self.device) if model_config.num_classes is not None else None
         self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, its permutation)
@@ -199,7 +210,7 @@ class Trainer:
         self.warmup_offset = 0  # a resume without optimizer moments warms up again from its step
         self.train_seconds = 0.0
         if resume:
-            self._load_state()
+            self._load_state(allow_data_change)
         self.ddp_model = self.model
         if self.world_size > 1:
             self.ddp_model = nn.parallel.DistributedDataParallel(
@@ -245,6 +256,12 @@ class Trainer:
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def train_step(self, step: int) -> torch.Tensor:
+        """One whole update for ``step``: loss, backward, gradient clipping, optimizer step, EMA.
+
+        Returns the loss, detached.  Where the loss is read every step (``sync_every == 1``, the CPU) a
+        NaN/inf loss raises NonFiniteLossError here, before the update is applied; elsewhere reading it
+        would stall the device, so ``train`` checks it every ``sync_every`` steps, after the updates.
+        """
         g = self._step_generator(step)
         x0, labels = self.get_batch(step, g)
         dev = self.device
@@ -260,9 +277,15 @@ class Trainer:
                                   self.config.min_snr_gamma, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        loss = loss.detach()
+        if self.sync_every == 1 and not torch.isfinite(loss):
+            self._raise_non_finite(step, float(loss))
         if self.config.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        return loss.detach()
+        self.optimizer.step()
+        if self.ema:
+            self.ema.update(self.model, step)
+        return loss
 
     # ---- the loop -----------------------------------------------------------------------------
     def train(self, callback: Callable[[TrainProgress], None] | None = None,
@@ -271,55 +294,67 @@ class Trainer:
         """Train until ``max_steps`` (default: the config's), until ``stop_event`` is set, or until
         ``time_limit_s`` seconds of this call have passed (then it saves and returns, stopped).
 
-        Raises NonFiniteLossError on a NaN/inf loss, before any update is applied with it; the last
-        checkpoint written stays as it was.
+        A NaN/inf loss raises NonFiniteLossError naming the first step that had one.  Weights are saved
+        only after every loss up to them was read back and found finite (at a read, at most every
+        ``checkpoint_every_s``, and at the end), so nothing is saved after the NaN: the checkpoint on
+        disk is the last one written before it, and the loss log ends at the read before it.  When the
+        loss is read decides what the trainer in memory holds by then:
+        - on the CPU (``sync_every == 1``) the loss is read at every step and the NaN is caught before
+          its update: the weights in memory are still those of the step before it;
+        - on a GPU it is read every ``sync_every`` (GPU_SYNC_EVERY) steps and at ``max_steps``, so the
+          update of the NaN step and those after it up to that read (1 to ``sync_every`` updates) have
+          been applied to the weights in memory, which are then not to be used.
         """
         max_steps = max_steps or self.config.max_steps
-        sync_every = self.sync_every
         self.model.train()
-        pending: list[tuple[int, torch.Tensor]] = []
+        pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back from the device
         start, last_save, images_done, last_loss = time.time(), time.time(), 0, float("nan")
         rate_t0, rate_step = time.time(), self.step
         stopped = False
+
+        def read_back() -> float:
+            """Read the pending losses (one device sync), refuse a NaN, log them, report; returns the time."""
+            nonlocal pending, last_loss
+            values = torch.stack([l for _, l in pending]).float().tolist()
+            bad = [s for (s, _), v in zip(pending, values) if not math.isfinite(v)]
+            if bad:
+                self._raise_non_finite(bad[0] - 1, float("nan"))
+            now = time.time()
+            rate = (self.step - rate_step) * self.config.batch_size * self.world_size / max(now - rate_t0, 1e-9)
+            rows = [(s, v, self.lr_at(s - 1)) for (s, _), v in zip(pending, values)]
+            if self.out_dir is not None and self.rank == 0:
+                rf.append_log(self.out_dir, rows, rate, now - start + self.train_seconds)
+            last_loss, pending = values[-1], []
+            if callback is not None:
+                callback(TrainProgress(self.step, max_steps, last_loss, self.lr_at(self.step - 1), rate, now - start))
+            return now
+
         while self.step < max_steps:
             if (stop_event is not None and stop_event.is_set()) or (
                     time_limit_s is not None and time.time() - start >= time_limit_s):
                 stopped = True
                 break
             loss = self.train_step(self.step)
-            if sync_every == 1 and not torch.isfinite(loss):
-                self._raise_non_finite(self.step, float(loss))
-            self.optimizer.step()
-            if self.ema:
-                self.ema.update(self.model, self.step)
             self.step += 1
             images_done += self.config.batch_size * self.world_size
             self.images_seen += self.config.batch_size * self.world_size
             pending.append((self.step, loss))
-            if len(pending) >= sync_every or self.step == max_steps:
-                values = torch.stack([l for _, l in pending]).float().tolist()
-                bad = [s for (s, _), v in zip(pending, values) if not math.isfinite(v)]
-                if bad:
-                    self._raise_non_finite(bad[0] - 1, float("nan"))
-                now = time.time()
-                rate = (self.step - rate_step) * self.config.batch_size * self.world_size / max(now - rate_t0, 1e-9)
-                rows = [(s, v, self.lr_at(s - 1)) for (s, _), v in zip(pending, values)]
-                self._append_log(rows, rate, now - start)
-                last_loss, pending = values[-1], []
-                if callback is not None:
-                    callback(TrainProgress(self.step, max_steps, last_loss, self.lr_at(self.step - 1), rate, now - start))
+            if len(pending) >= self.sync_every or self.step == max_steps:
+                now = read_back()
                 if now - last_save > self.config.checkpoint_every_s:
                     self.save()
                     last_save = time.time()
                 if now - rate_t0 > 10:  # a moving window for images/s
                     rate_t0, rate_step = now, self.step
+        if pending:  # stopped between two reads (a GPU): check and log those steps before saving their weights
+            read_back()
         self.train_seconds += time.time() - start
         self.save()
         elapsed = time.time() - start
         return TrainResult(self.step, stopped, last_loss, images_done / max(elapsed, 1e-9), self.out_dir)
 
     def _raise_non_finite(self, step: int, value: float) -> None:
-        where = (f"the last good checkpoint in {self.out_dir} (step {self._saved_step()}) was kept"
+        where = (f"the last good checkpoint in {self.out_dir} (step {rf.saved_step(self.out_dir)}) was kept"
                  if self.out_dir else "nothing was saved (no output folder)")
         raise NonFiniteLossError(f"loss became {value} at step {step + 1}; training stopped and {where}. "
                                  "Lower the learning rate, keep gradient clipping on, or use --precision fp32.")
@@ -340,85 +375,38 @@ class Trainer:
             "num_train_images": int(self.images.shape[0]), "parameters": count_parameters(self.model)})
 
     def save(self) -> None:
-        """Write the sampling weights, config and resumable state (rank 0 only; atomic renames)."""
+        """Write the sampling weights, config and resumable state as one unit (rank 0 only; see run_files)."""
         if self.out_dir is None or self.rank != 0:
             return
-        model = self.sampling_model()
-        ckpt.save_checkpoint(self.out_dir, model, self.checkpoint_config())
-        ckpt.atomic_save_tensors(self.model.state_dict(), self.out_dir / ckpt.STATE_NAME)
-        opt = self.optimizer.state_dict()
-        moments = {f"{idx}.{k}": v if torch.is_tensor(v) else torch.tensor(v)
-                   for idx, state in opt["state"].items() for k, v in state.items()}
-        ckpt.atomic_save_tensors(moments, self.out_dir / ckpt.OPTIMIZER_NAME)
-        ckpt.atomic_write_json(self.out_dir / ckpt.STATE_CONFIG_NAME, {
-            "step": self.step, "images_seen": self.images_seen, "warmup_offset": self.warmup_offset, "train_seconds": round(self.train_seconds, 1),
-            "param_groups": opt["param_groups"],
-            "world_size": self.world_size, "train": self.config.to_dict()})
+        state = rf.RunState(step=self.step, images_seen=self.images_seen, warmup_offset=self.warmup_offset,
+                            train_seconds=self.train_seconds, world_size=self.world_size,
+                            train=self.config.to_dict(), data=self.data_identity)
+        rf.save_run(self.out_dir, self.sampling_model(), self.model, self.optimizer, self.checkpoint_config(), state)
         self.model.train()
 
-    def _saved_step(self) -> int | None:
-        path = self.out_dir / ckpt.STATE_CONFIG_NAME if self.out_dir else None
-        return json.loads(path.read_text())["step"] if path and path.is_file() else None
-
-    def _load_state(self) -> None:
-        if self.out_dir is None or not (self.out_dir / ckpt.STATE_NAME).is_file():
-            raise ckpt.CheckpointError(f"nothing to resume in {self.out_dir}: no {ckpt.STATE_NAME}; "
-                                       "start without --resume or point --out at an earlier run")
-        from safetensors.torch import load_file
-
-        meta = json.loads((self.out_dir / ckpt.STATE_CONFIG_NAME).read_text())
-        raw = self.out_dir / ckpt.STATE_NAME
-        try:
-            self.model.load_state_dict(load_file(str(raw), device=str(self.device)))
-            if self.ema:  # the EMA weights are the checkpoint's sampling weights
-                ckpt.load_state_dict_checked(self.ema.model, self.out_dir / ckpt.WEIGHTS_NAME)
-        except (RuntimeError, OSError, ValueError) as err:
-            raise ckpt.CheckpointError(f"cannot resume from {self.out_dir}: {raw.name} is corrupt or was written for "
-                                       f"another network ({err}); start a fresh run in another folder") from err
-        opt_path = self.out_dir / ckpt.OPTIMIZER_NAME
-        if opt_path.is_file():
-            state: dict[int, dict] = {}
-            for k, v in load_file(str(opt_path), device=str(self.device)).items():
-                idx, name = k.split(".", 1)
-                state.setdefault(int(idx), {})[name] = v
-            groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
-            self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-            self.warmup_offset = int(meta.get("warmup_offset", 0))
+    def _load_state(self, allow_data_change: bool) -> None:
+        """Continue the run in ``out_dir``: its raw weights, EMA, optimizer moments, counters and log."""
+        folder = self.out_dir
+        if folder is None or not ((folder / ckpt.STATE_NAME).is_file() or (folder / rf.COMMIT_NAME).is_file()):
+            raise ckpt.CheckpointError(f"nothing to resume in {folder}: no {ckpt.STATE_NAME}; start without --resume "
+                                       "(with --overwrite to replace what is there) or point --out at an earlier run")
+        if self.rank == 0:
+            rf.recover(folder)  # finish a save a kill interrupted after its commit; drop orphan temporaries
+        if self.world_size > 1:
+            torch.distributed.barrier()
+        state = rf.read_state(folder)
+        rf.check_step_agrees(folder, state)
+        warning = rf.check_same_data(folder, state.data, self.data_identity, allow_data_change)
+        self.warnings += [warning] if warning else []
+        rf.load_raw_weights(self.model, folder, self.device)
+        if self.ema:  # the EMA weights are the checkpoint's sampling weights
+            ckpt.load_state_dict_checked(self.ema.model, folder / ckpt.WEIGHTS_NAME)
+        if rf.load_optimizer(self.optimizer, folder, state.param_groups, self.device):
+            self.warmup_offset = state.warmup_offset
         else:  # shipped checkpoints leave the Adam moments out: re-estimate them under a fresh warm-up
-            self.warmup_offset = int(meta["step"])
-        self.step, self.train_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
-        self.images_seen = int(meta.get("images_seen", self.step * self.config.batch_size * meta.get("world_size", 1)))
-        self._truncate_log(self.step)
-
-    def _append_log(self, rows: list[tuple[int, float, float]], rate: float, elapsed: float) -> None:
-        if self.out_dir is None or self.rank != 0:
-            return
-        path = self.out_dir / ckpt.LOG_NAME
-        new = not path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["step", "loss", "lr", "images_per_sec", "elapsed_s"])
-            for step, loss, lr in rows:
-                w.writerow([step, f"{loss:.6f}", f"{lr:.3g}", f"{rate:.1f}", f"{elapsed + self.train_seconds:.1f}"])
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop log rows past the resumed step: those steps will be trained again."""
-        path = self.out_dir / ckpt.LOG_NAME if self.out_dir else None
-        if not path or not path.is_file() or self.rank != 0:
-            return
-        lines = path.read_text().splitlines()
-        kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= step]
-        ckpt.atomic_write_bytes(path, ("\n".join(kept) + "\n").encode())
-
-
-def read_training_log(folder: str | os.PathLike) -> dict[str, list[float]]:
-    """The loss log of a checkpoint folder as columns (step, loss, lr, images_per_sec, elapsed_s)."""
-    path = Path(folder) / ckpt.LOG_NAME
-    cols: dict[str, list[float]] = {}
-    with path.open() as f:
-        for row in csv.DictReader(f):
-            for k, v in row.items():
-                cols.setdefault(k, []).append(float(v))
-    return cols
+            self.warmup_offset = state.step
+        self.step, self.train_seconds = state.step, float(state.train_seconds)
+        self.images_seen = (state.images_seen if state.images_seen is not None
+                            else self.step * self.config.batch_size * state.world_size)
+        if self.rank == 0:
+            rf.truncate_log(folder, self.step)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import json
 import math
 import threading
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from ddpm import checkpoints as ckpt
 from ddpm.checkpoints import CheckpointError, load_checkpoint
@@ -22,9 +23,11 @@ from ddpm.unet import UNetConfig, build_unet
 
 @pytest.fixture
 def make_trainer(tiny_config, tiny_schedule_config, tiny_train_config, tiny_images):
-    def make(out_dir: Path | None = None, resume: bool = False, images: torch.Tensor | None = None, **train_overrides) -> Trainer:
+    def make(out_dir: Path | None = None, resume: bool = False, images: torch.Tensor | None = None,
+             overwrite: bool = False, **train_overrides) -> Trainer:
         return Trainer(tiny_config, tiny_schedule_config, replace(tiny_train_config, **train_overrides),
-                       tiny_images if images is None else images, out_dir=out_dir, device="cpu", resume=resume)
+                       tiny_images if images is None else images, out_dir=out_dir, device="cpu", resume=resume,
+                       overwrite=overwrite)
 
     return make
 
@@ -410,3 +413,171 @@ def test_a_conditional_run_on_the_bundled_subset_saves_a_loadable_nine_class_che
     assert loaded.model_config.num_classes == 9
     assert loaded.model.class_embed.embedding.num_embeddings == 10
     assert_same_weights(loaded.model, trainer.sampling_model())
+
+
+# ---- the run's folder: a new run, a resume on other data, files that cannot be read -------------------
+def test_a_new_run_into_a_folder_that_holds_a_run_is_refused_naming_the_folder_and_the_ways_on(make_trainer, tmp_path):
+    make_trainer(tmp_path).train(max_steps=2)
+    saved = file_bytes(tmp_path)
+    with pytest.raises(FileExistsError) as err:
+        make_trainer(tmp_path, lr=2e-3)
+    message = str(err.value)
+    assert f"{tmp_path} already holds a training run" in message
+    assert all(way in message for way in ("--resume", "another --out", "--overwrite"))
+    assert file_bytes(tmp_path) == saved
+
+
+def test_overwrite_replaces_the_old_run_without_mixing_its_log_or_evaluation_into_the_new_one(make_trainer, tmp_path):
+    make_trainer(tmp_path).train(max_steps=5)
+    (tmp_path / "evaluation.json").write_text("{}")  # evaluated from the old weights
+    (tmp_path / "notes.txt").write_text("mine")
+    trainer = make_trainer(tmp_path, overwrite=True, seed=11)
+    assert trainer.step == 0
+    trainer.train(max_steps=2)
+    assert [r["step"] for r in log_rows(tmp_path)] == ["1", "2"]
+    assert json.loads((tmp_path / ckpt.CONFIG_NAME).read_text())["training"]["seed"] == 11
+    assert not (tmp_path / "evaluation.json").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_resume_on_other_data_is_refused_unless_allowed_and_then_the_new_data_is_recorded(make_trainer, tiny_config,
+                                                                                           tiny_schedule_config,
+                                                                                           tiny_train_config, tiny_images,
+                                                                                           tmp_path):
+    make_trainer(tmp_path).train(max_steps=2)
+    other = tiny_images.flip(0)
+
+    def resume(**kwargs) -> Trainer:
+        return Trainer(tiny_config, tiny_schedule_config, tiny_train_config, other, out_dir=tmp_path, device="cpu",
+                       resume=True, extra_config={"data": "other patches"}, **kwargs)
+
+    with pytest.raises(ValueError, match=r"--resume: the run in .* trained on unnamed data \(16 images.* but this is "
+                                         r"other patches \(16 images.*--allow-data-change"):
+        resume()
+    trainer = resume(allow_data_change=True)
+    assert trainer.step == 2 and "going on with the new data" in trainer.warnings[0]
+    trainer.train(max_steps=3)
+    assert resume().step == 3  # the data it now trains on is recorded
+
+
+def test_resume_of_a_run_saved_without_a_data_identity_goes_on_with_a_warning(make_trainer, tmp_path):
+    make_trainer(tmp_path).train(max_steps=2)
+    state = json.loads((tmp_path / ckpt.STATE_CONFIG_NAME).read_text())
+    del state["data"]
+    (tmp_path / ckpt.STATE_CONFIG_NAME).write_text(json.dumps(state))
+    trainer = make_trainer(tmp_path, resume=True)
+    assert trainer.step == 2
+    assert trainer.warnings == [f"{tmp_path / ckpt.STATE_CONFIG_NAME} records no data identity (saved by an older "
+                                "ddpm), so ddpm cannot check that this data (16 images) is what the run trained on; it "
+                                "is recorded from the next save on"]
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def edit_state(**changes):
+    def edit(path: Path) -> None:
+        state = json.loads(path.read_text())
+        state.update(changes)
+        path.write_text(json.dumps({k: v for k, v in state.items() if v is not DROP}))
+
+    return edit
+
+
+DROP = object()
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    (ckpt.OPTIMIZER_NAME, truncate, "optimizer.safetensors cannot be read (Error while deserializing header"),
+    (ckpt.OPTIMIZER_NAME, lambda p: save_file({"moments": torch.zeros(2)}, str(p)),
+     "optimizer.safetensors does not fit this network's optimizer"),
+    (ckpt.STATE_NAME, truncate, "training_state.safetensors cannot be read (Error while deserializing header"),
+    (ckpt.WEIGHTS_NAME, truncate, "model.safetensors is not a readable safetensors file"),
+    (ckpt.STATE_CONFIG_NAME, truncate, "training_state.json is not readable JSON"),
+    (ckpt.STATE_CONFIG_NAME, lambda p: p.unlink(), "training_state.json is missing beside training_state.safetensors"),
+    (ckpt.STATE_CONFIG_NAME, lambda p: p.write_text("[1, 2]"), "training_state.json must hold a JSON object"),
+    (ckpt.STATE_CONFIG_NAME, edit_state(step=DROP), "training_state.json has no step"),
+    (ckpt.STATE_CONFIG_NAME, edit_state(step="3"), "training_state.json holds invalid step='3'"),
+    (ckpt.STATE_CONFIG_NAME, edit_state(step=-1), "training_state.json holds invalid step=-1"),
+    (ckpt.STATE_CONFIG_NAME, edit_state(param_groups={"lr": 1}), "training_state.json holds invalid param_groups"),
+    (ckpt.STATE_CONFIG_NAME, edit_state(param_groups=[{"lr": 1e-3}]),
+     "optimizer.safetensors does not fit this network's optimizer with the param_groups of"),
+    (ckpt.STATE_CONFIG_NAME, edit_state(train_seconds=float("nan")), "training_state.json holds invalid train_seconds=nan"),
+    (ckpt.LOG_NAME, lambda p: p.write_bytes(b"\xff\xfe\x00"), "training_log.csv cannot be read"),
+])
+def test_every_file_read_on_resume_that_is_damaged_is_a_checkpoint_error_naming_it(make_trainer, tmp_path, name,
+                                                                                    damage, message):
+    make_trainer(tmp_path).train(max_steps=2)
+    damage(tmp_path / name)
+    with pytest.raises(CheckpointError) as err:
+        make_trainer(tmp_path, resume=True)
+    assert f"{tmp_path}/{message}" in str(err.value)
+
+
+def test_resume_of_a_set_half_written_by_an_older_ddpm_is_refused_not_trained_twice(make_trainer, tmp_path):
+    make_trainer(tmp_path).train(max_steps=2)
+    config = json.loads((tmp_path / ckpt.CONFIG_NAME).read_text())
+    config["training"]["steps"] = 3  # config.json of step 3 beside the state of step 2: a save killed half-way
+    (tmp_path / ckpt.CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json is at step 3 but .*training_state.json at step 2"):
+        make_trainer(tmp_path, resume=True)
+
+
+def test_a_shipped_checkpoint_without_a_commit_record_or_optimizer_moments_resumes(tmp_path):
+    from ddpm.checkpoints import SHIPPED_DIR, configs_from, read_config
+
+    run = tmp_path / "seed"
+    shutil.copytree(SHIPPED_DIR / "seed", run)
+    config = read_config(run)
+    model_config, schedule_config = configs_from(config, run)
+    steps = config["training"]["steps"]
+    train = replace(TrainConfig.from_dict(config["training"]), batch_size=8, max_steps=steps + 1, precision="fp32")
+    data = load_subset()
+    trainer = Trainer(model_config, schedule_config, train, data.images, out_dir=run, device="cpu", resume=True,
+                      labels=data.labels, extra_config={"data": data.source})
+    assert trainer.step == steps and trainer.warmup_offset == steps
+    assert "records no data identity" in trainer.warnings[0]
+    assert trainer.train().steps == steps + 1
+    assert json.loads((run / ckpt.STATE_CONFIG_NAME).read_text())["data"]["count"] == len(data)
+
+
+def stop_after_step(trainer: Trainer, monkeypatch, stop_at: int, poison_at: int | None = None) -> threading.Event:
+    """Wrap train_step: set the returned event once step ``stop_at`` (1-based) is done; from step ``poison_at`` on,
+    a weight is NaN (so is every loss)."""
+    stop, real_step = threading.Event(), trainer.train_step
+
+    def step_then_maybe_stop(step: int) -> torch.Tensor:
+        if poison_at is not None and step + 1 == poison_at:
+            with torch.no_grad():
+                trainer.model.conv_in.weight[0, 0, 0, 0] = float("nan")
+        loss = real_step(step)
+        if step + 1 == stop_at:
+            stop.set()
+        return loss
+
+    monkeypatch.setattr(trainer, "train_step", step_then_maybe_stop)
+    return stop
+
+
+def test_with_loss_reads_every_4_steps_a_stop_between_reads_logs_the_unread_steps_before_saving_them(make_trainer,
+                                                                                                    tmp_path,
+                                                                                                    monkeypatch):
+    trainer = make_trainer(tmp_path)
+    trainer.sync_every = 4
+    seen = []
+    result = trainer.train(callback=lambda p: seen.append(p.step), stop_event=stop_after_step(trainer, monkeypatch, 6),
+                           max_steps=12)
+    assert result.stopped and result.steps == 6 and seen == [4, 6]
+    assert json.loads((tmp_path / ckpt.STATE_CONFIG_NAME).read_text())["step"] == 6
+    assert [int(r["step"]) for r in log_rows(tmp_path)] == [1, 2, 3, 4, 5, 6]  # the saved steps are all logged
+
+
+def test_with_loss_reads_every_4_steps_a_nan_between_reads_then_a_stop_is_refused_not_saved(make_trainer, tmp_path,
+                                                                                          monkeypatch):
+    trainer = make_trainer(tmp_path, checkpoint_every_s=0.0)
+    trainer.sync_every = 4
+    stop = stop_after_step(trainer, monkeypatch, 6, poison_at=5)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 5; .*\(step 4\) was kept"):
+        trainer.train(stop_event=stop, max_steps=12)
+    assert json.loads((tmp_path / ckpt.STATE_CONFIG_NAME).read_text())["step"] == 4
+    assert all(torch.isfinite(p).all() for p in load_checkpoint(tmp_path).model.parameters())
