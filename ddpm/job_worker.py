@@ -59,9 +59,7 @@ def build_trainer(job: Job, images: torch.Tensor, init: Checkpoint | None, data_
         model_cfg = replace(model_cfg, num_classes=len(CLASS_NAMES))
     if model_cfg.num_classes is not None and labels is None:
         raise ValueError("a tissue-conditional run needs the patches' labels")
-    # a short run keeps at most a fifth of itself for the learning-rate warm-up
-    train_cfg = replace(preset.train, max_steps=req.steps, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
-                        warmup_steps=min(preset.train.warmup_steps, req.steps // 5), checkpoint_every_s=60.0)
+    train_cfg = req.train_config()
     extra: dict[str, Any] = {"preset": req.preset,
                              "description": "trained in the PathMNIST Diffusion Studio app"
                                             + (" from the pretrained model" if init_model is not None else "")}

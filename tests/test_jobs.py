@@ -16,6 +16,7 @@ from ddpm.jobs import ROOT_PREFIX, JobBusyError, JobRegistry, remove_abandoned_r
 from ddpm.result_cache import ResultCache
 from ddpm.server_limits import HOSTED_LIMITS, ServerLimits
 from ddpm.train_request import TrainRequest
+from ddpm.training import TrainConfig
 from ddpm.presets import get_preset
 from ddpm.unet import build_unet
 
@@ -50,7 +51,8 @@ def _wait_until(predicate, timeout: float = 60.0) -> None:
 
 
 def test_a_job_trains_in_the_background_and_publishes_losses_samples_and_a_checkpoint(registry, tiny_images):
-    snap = registry.start(TrainRequest(steps=4, **TINY), "visitor a", tiny_images, data_source="toy")
+    request = TrainRequest(steps=4, **TINY)
+    snap = registry.start(request, "visitor a", tiny_images, data_source="toy")
     assert snap.active and snap.owner == "visitor a"
     done = registry.wait(snap.id, timeout=120)
     assert done.status == "finished" and done.message == "finished 4 steps"
@@ -60,6 +62,7 @@ def test_a_job_trains_in_the_background_and_publishes_losses_samples_and_a_check
     assert done.has_checkpoint and not done.active and done.ends_at == done.finished_at
     saved = load_local(done.out_dir)
     assert saved.config["training"]["steps"] == 4 and saved.config["data"] == "toy"
+    assert TrainConfig.from_dict(saved.config["training"]) == request.train_config()  # what was checked is what ran
     assert registry.active() is None
 
 
@@ -208,6 +211,24 @@ def test_requests_outside_the_limits_are_refused_naming_the_allowed_values(regis
     with pytest.raises(ValueError, match="needs the pretrained checkpoint"):
         registry.start(TrainRequest(steps=2, from_pretrained=True, **TINY), "visitor a", tiny_images)
     assert registry.active() is None
+
+
+@pytest.mark.parametrize("lr", [0.5, 0.0, -1e-3, float("nan"), float("inf")])
+def test_a_request_is_checked_by_building_the_trainers_config_and_says_what_the_trainer_says(lr):
+    request = TrainRequest(preset="seed", lr=lr)
+    with pytest.raises(ValueError) as trainer:
+        TrainConfig(lr=lr)
+    assert f"lr={lr!r} (lr in (0, 0.1]" in str(trainer.value)
+    with pytest.raises(ValueError) as refused:
+        request.validate(ServerLimits())
+    assert str(refused.value) == str(trainer.value)
+    TrainRequest(preset="seed", lr=0.1).validate(ServerLimits())
+
+
+def test_a_request_over_the_servers_limits_is_not_also_refused_again_by_the_trainer():
+    with pytest.raises(ValueError) as err:
+        TrainRequest(preset="seed", steps=0, batch_size=0).validate(ServerLimits())
+    assert "steps must be between 1 and" in str(err.value) and "invalid training settings" not in str(err.value)
 
 
 def test_a_chosen_schedule_is_the_one_the_run_trains_with(registry, tiny_images):
