@@ -33,7 +33,7 @@ from ddpm.jobs import JobRegistry
 from ddpm.model_card import EVALUATION_NAME, read_evaluation
 from ddpm.pipeline import PRIOR, Trajectory, generate, recommended_sampling, sampler_steps, trajectory
 from ddpm.preview import Preview, PreviewRequest, read_preview, weights_fingerprint
-from ddpm.result_cache import ResultCache
+from ddpm.result_cache import ResultCache, ResultCaches
 from ddpm.server_limits import ServerLimits
 from ddpm.uploads import MAX_UPLOAD_BYTES, load_upload
 
@@ -116,9 +116,10 @@ def job_registry() -> JobRegistry:
 
 
 @st.cache_resource
-def results() -> ResultCache:
-    """Finished sampling runs, keyed by model, sampler, steps, seed and count."""
-    return ResultCache(max_entries=24)
+def caches() -> ResultCaches:
+    """Finished results for the whole server, one cache per kind (models, trajectories, animations, samples,
+    nearest neighbours), each with its own size."""
+    return ResultCaches()
 
 
 @st.cache_resource(show_spinner="Loading the tissue encoder…")
@@ -159,8 +160,7 @@ def _run_checkpoint() -> tuple[str, Checkpoint] | None:
     snap = job_registry().get(st.session_state.get("train_job"))
     if snap is None or snap.active or not snap.has_checkpoint:
         return None
-    return snap.id, results().get_or_compute(("run-checkpoint", snap.id),
-                                             lambda: load_local(snap.out_dir, source="your training run"))
+    return snap.id, caches().models.get_or_compute(snap.id, lambda: load_local(snap.out_dir, source="your training run"))
 
 
 def load_model(choice: str) -> tuple[ActiveModel | None, str | None]:
@@ -306,13 +306,13 @@ def in_turn(compute, bar, text: str):
         return compute()
 
 
-def _with_progress(key: tuple, text: str, compute):
-    hit = results().get(key)
+def _with_progress(cache: ResultCache, key: tuple, text: str, compute):
+    hit = cache.get(key)
     if hit is not None:
         return hit
     bar = st.progress(0.0, text=text)
     report = lambda done, total: bar.progress(done / total, text=f"{text} {done}/{total}")  # noqa: E731
-    value = results().get_or_compute(key, lambda: in_turn(lambda: compute(report), bar, text))
+    value = cache.get_or_compute(key, lambda: in_turn(lambda: compute(report), bar, text))
     bar.empty()
     return value
 
@@ -322,7 +322,7 @@ def cached_trajectory(model: ActiveModel, sampler: str, steps: int | None, seed:
     """The whole reverse run, computed once per (model, sampler, steps, seed, n, tissue) for the whole server."""
     schedule = model.checkpoint.schedule
     classes, guidance = _classes(tissue)
-    return _with_progress(("trajectory", model.key, sampler, steps, seed, n, classes, guidance), "Denoising… step",
+    return _with_progress(caches().trajectories, (model.key, sampler, steps, seed, n, classes, guidance), "Denoising… step",
                           lambda cb: trajectory(model.checkpoint.model, schedule, n, sampler, steps, seed, callback=cb,
                                                 classes=classes, guidance=guidance))
 
@@ -335,7 +335,7 @@ def cached_samples(model: ActiveModel, n: int, seed: int, sampler: str = "dpmpp"
     steps = sampler_steps(schedule, sampler, steps)
     classes, guidance = _classes(tissue)
     key_classes = tuple(classes) if isinstance(classes, (list, tuple)) else classes
-    return _with_progress(("samples", model.key, sampler, steps, seed, n, key_classes, guidance), "Sampling… step",
+    return _with_progress(caches().samples, (model.key, sampler, steps, seed, n, key_classes, guidance), "Sampling… step",
                           lambda cb: to_hwc_numpy(generate(model.checkpoint.model, schedule, n, sampler, steps, seed,
                                                            callback=cb, classes=classes, guidance=guidance)))
 

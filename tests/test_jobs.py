@@ -1,4 +1,4 @@
-"""The training-job registry and the shared result cache (ddpm.jobs), with tiny runs of the seed preset."""
+"""The training-job registry (ddpm.jobs), with tiny runs of the seed preset."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,6 @@ import torch
 
 from ddpm.checkpoints import Checkpoint, load_local, make_config
 from ddpm.jobs import ROOT_PREFIX, JobBusyError, JobRegistry, remove_abandoned_roots
-from ddpm.result_cache import ResultCache
 from ddpm.server_limits import HOSTED_LIMITS, ServerLimits
 from ddpm.train_request import TrainRequest
 from ddpm.training import TrainConfig
@@ -273,33 +272,3 @@ def test_starting_again_deletes_the_owners_previous_run_and_shutdown_deletes_all
     assert not first.out_dir.exists() and registry.get(first.id) is None and second.out_dir.is_dir()
     registry.shutdown()
     assert not second.out_dir.exists()
-
-
-# ---- ResultCache --------------------------------------------------------------------------------
-def test_result_cache_computes_each_key_once_even_when_visitors_ask_together():
-    cache, calls = ResultCache(), []
-
-    def slow():
-        calls.append(1)
-        time.sleep(0.2)
-        return "trajectory"
-
-    out = []
-    threads = [threading.Thread(target=lambda: out.append(cache.get_or_compute(("k",), slow))) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert out == ["trajectory"] * 4 and len(calls) == 1 and ("k",) in cache
-
-
-def test_result_cache_evicts_the_least_recently_used_and_does_not_cache_errors():
-    cache = ResultCache(max_entries=2)
-    cache.get_or_compute("a", lambda: 1)
-    cache.get_or_compute("b", lambda: 2)
-    assert cache.get("a") == 1  # "a" is now the most recent
-    cache.get_or_compute("c", lambda: 3)
-    assert "b" not in cache and cache.get("a") == 1 and cache.get("c") == 3
-    with pytest.raises(RuntimeError):
-        cache.get_or_compute("d", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
-    assert "d" not in cache and cache.get_or_compute("d", lambda: 4) == 4
