@@ -3,7 +3,7 @@
 Heavy objects live in ``st.cache_resource`` (one per server, shared by every visitor); the few
 per-visitor values live in ``st.session_state`` under these keys:
 
-    visitor            a short anonymous name shown to others while this visitor trains
+    visitor            who this visitor is (ddpm.job_state.Visitor: 128 random bits; others see a short name)
     model_name         the model picked in the sidebar (kept across pages; widget key model_picker)
     uploaded_model     (digest, Checkpoint) of a checkpoint this visitor uploaded (memory only)
     train_job          id of this visitor's training job in the registry
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from streamlit.runtime.pages_manager import PagesManager
 from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError, load_checkpoint, load_local
 from ddpm.compute_gate import ComputeGate
 from ddpm.data import CLASS_NAMES, ImageSet, load_images, load_subset, to_hwc_numpy
+from ddpm.job_state import Visitor
 from ddpm.jobs import JobRegistry
 from ddpm.model_card import EVALUATION_NAME, read_evaluation
 from ddpm.pipeline import PRIOR, Trajectory, generate, recommended_sampling, sampler_steps, trajectory
@@ -143,9 +143,9 @@ def limits() -> ServerLimits:
     return job_registry().limits
 
 
-def visitor() -> str:
+def visitor() -> Visitor:
     if "visitor" not in st.session_state:
-        st.session_state["visitor"] = f"visitor {uuid.uuid4().hex[:4]}"
+        st.session_state["visitor"] = Visitor.new()
     return st.session_state["visitor"]
 
 
@@ -345,13 +345,13 @@ def cached_samples(model: ActiveModel, n: int, seed: int, sampler: str = "dpmpp"
 def _heartbeat() -> None:
     job_id = st.session_state.get("train_job")
     if job_id:
-        job_registry().heartbeat(job_id)
+        job_registry().heartbeat(job_id, visitor())
 
 
 def keep_training_alive() -> None:
     """While this visitor's job runs, tell the registry they are still here (every 15 s, any page)."""
     snap = job_registry().get(st.session_state.get("train_job"))
     if snap is not None and snap.active:
-        job_registry().heartbeat(snap.id)
+        job_registry().heartbeat(snap.id, visitor())
         _heartbeat()
 
