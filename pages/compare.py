@@ -45,7 +45,7 @@ st.subheader("Memorization: each sample beside its nearest training patch")
 try:
     from ddpm.evaluation.memorization import pixel_neighbours
 
-    nn = caches().neighbours.get_or_compute((model.key, len(real)),
+    nn = caches().neighbours.get_or_compute((model.key, tissue, len(real)),  # what `generated` and `real` come from
                                             lambda: pixel_neighbours(to_chw_tensor(generated[:8]), real.images))
     show(memorization_figure(generated[:8], to_hwc_numpy(real.images[nn.index]), nn.distance, nn.ratio), key="cmp_memo")
     st.caption(f"d: pixel distance to the nearest of {len(real):,} training patches (values in [0, 1], best of the 8 flips "
