@@ -1,10 +1,10 @@
 """The server's training-job registry: at most one active job, each in its own worker thread.
 
 The registry only keeps the books: who holds the training slot, which run folders exist and when
-they go, and whose each run is: a visitor (``job_state.Visitor``, 128 random bits) can stop, keep alive
-or replace only their own runs.  A run holds the slot at most for the server's time cap (its worker's
-timer asks it to stop then, even between progress reports).  Run folders of finished or abandoned runs are deleted ``keep_s`` after
-they end (a janitor thread looks every few seconds), all of them at ``shutdown`` and at interpreter
+they go, and whose each run is: a visitor (``job_state.Visitor``, 128 random bits) can stop, keep
+alive or replace only their own runs.  A run holds the slot at most for the server's time cap (its
+worker's timer asks it to stop then, even between progress reports).  Run folders of finished or
+abandoned runs are deleted ``keep_s`` after they end (a janitor thread looks every few seconds), all of them at ``shutdown`` and at interpreter
 exit, and the folders a killed server left behind when the next registry starts.  What a request may ask is ``train_request``/``server_limits``; what a job's thread does is
 ``job_worker``; a job's state is ``job_state``.
 """
@@ -14,10 +14,10 @@ import atexit
 import math
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
-import secrets
 import time
 import weakref
 from datetime import datetime, timezone
