@@ -1,6 +1,7 @@
-"""A training job's state: the mutable record its worker updates, and the snapshots a page reads."""
+"""A training job's state: who owns it, the mutable record its worker updates, and the snapshots a page reads."""
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,11 +16,27 @@ ACTIVE = ("starting", "running", "stopping")
 
 
 @dataclass(frozen=True)
+class Visitor:
+    """Who asks the registry: ``id`` (128 random bits) decides which runs are theirs; ``name`` is the short
+    label others see while this visitor trains, and two visitors may share it."""
+
+    id: str
+
+    @classmethod
+    def new(cls) -> "Visitor":
+        return cls(secrets.token_hex(16))
+
+    @property
+    def name(self) -> str:
+        return f"visitor {self.id[:4]}"
+
+
+@dataclass(frozen=True)
 class JobSnapshot:
     """A consistent copy of a job's state for the page to draw."""
 
     id: str
-    owner: str
+    owner: str  # the owner's display name (Visitor.name); who owns the run stays in the registry
     request: TrainRequest
     status: str  # starting | running | stopping | finished | stopped | failed
     message: str
@@ -57,7 +74,7 @@ class Job:
     """The live record of one run; every field is read and written under ``lock``."""
 
     id: str
-    owner: str
+    owner: Visitor
     request: TrainRequest
     out_dir: Path
     started_at: float
@@ -81,7 +98,7 @@ class Job:
 
     def snapshot(self) -> JobSnapshot:
         with self.lock:
-            return JobSnapshot(self.id, self.owner, self.request, self.status, self.message, self.step, self.max_steps,
+            return JobSnapshot(self.id, self.owner.name, self.request, self.status, self.message, self.step, self.max_steps,
                                tuple(self.loss_steps), tuple(self.losses), self.images_per_sec, self.eta_s,
                                self.started_at, self.finished_at, self.samples, self.samples_step, self.out_dir,
                                self.device)

@@ -3,11 +3,13 @@ publishes progress and preview samples into the job's record, and never touches 
 
 A run ends at its steps, when its owner stops it, when nobody has polled it for
 ``heartbeat_timeout_s`` (the visitor left), at the server's time cap, or on an error (NaN loss
-included); the error becomes the job's message and the last saved checkpoint is kept.
+included); the error becomes the job's message and the last saved checkpoint is kept.  The time cap
+is one timer per run (it fires even while a step never reports), cancelled and joined when the run ends.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -25,18 +27,24 @@ from .training import NonFiniteLossError, Trainer, TrainProgress
 
 log = logging.getLogger(__name__)
 
-def expired(job: Job, limits: ServerLimits) -> str | None:
-    """Why the job must stop now (its page was closed, or the time cap passed), or None."""
-    now = time.time()
-    if now - job.last_heartbeat > limits.heartbeat_timeout_s:
+def abandoned(job: Job, limits: ServerLimits) -> str | None:
+    """Why the job must stop now because its page was closed, or None (the time cap is ``time_cap_timer``'s)."""
+    if time.time() - job.last_heartbeat > limits.heartbeat_timeout_s:
         return f"stopped because its page was closed (no sign of it for {limits.heartbeat_timeout_s:.0f} s)"
-    if now - job.started_at > limits.max_minutes * 60:
-        return time_cap_reason(limits)
     return None
 
 
 def time_cap_reason(limits: ServerLimits) -> str:
     return f"stopped at this server's limit of {limits.max_minutes:g} minutes per run"
+
+
+def time_cap_timer(job: Job, limits: ServerLimits) -> threading.Timer:
+    """A started timer that asks the job to stop when the server's time cap, counted from its start, passes."""
+    left = max(0.0, job.started_at + limits.max_minutes * 60 - time.time())
+    timer = threading.Timer(left, job.request_stop, args=(time_cap_reason(limits),))
+    timer.name, timer.daemon = f"ddpm-time-cap-{job.id[:8]}", True
+    timer.start()
+    return timer
 
 
 def eta(job: Job, p: TrainProgress, limits: ServerLimits) -> float:
@@ -57,9 +65,7 @@ def build_trainer(job: Job, images: torch.Tensor, init: Checkpoint | None, data_
         model_cfg = replace(model_cfg, num_classes=len(CLASS_NAMES))
     if model_cfg.num_classes is not None and labels is None:
         raise ValueError("a tissue-conditional run needs the patches' labels")
-    # a short run keeps at most a fifth of itself for the learning-rate warm-up
-    train_cfg = replace(preset.train, max_steps=req.steps, batch_size=req.batch_size, lr=req.lr, seed=req.seed,
-                        warmup_steps=min(preset.train.warmup_steps, req.steps // 5), checkpoint_every_s=60.0)
+    train_cfg = req.train_config()
     extra: dict[str, Any] = {"preset": req.preset,
                              "description": "trained in the PathMNIST Diffusion Studio app"
                                             + (" from the pretrained model" if init_model is not None else "")}
@@ -88,6 +94,7 @@ def run_job(job: Job, limits: ServerLimits, device: str, images: torch.Tensor, i
             data_source: str | None, labels: torch.Tensor | None = None) -> None:
     """The body of a job's thread: train, keep the record current, end with a status and a message."""
     req = job.request
+    cap = time_cap_timer(job, limits)
     try:
         trainer = build_trainer(job, images, init, data_source, device, labels)
         with job.lock:
@@ -103,7 +110,7 @@ def run_job(job: Job, limits: ServerLimits, device: str, images: torch.Tensor, i
                 job.images_per_sec, job.eta_s = p.images_per_sec, eta(job, p, limits)
             if p.step % req.sample_every == 0 or p.step == p.max_steps:
                 preview(job, trainer)
-            reason = expired(job, limits)
+            reason = abandoned(job, limits)
             if reason:
                 job.request_stop(reason)
 
@@ -125,5 +132,7 @@ def run_job(job: Job, limits: ServerLimits, device: str, images: torch.Tensor, i
             saved = " The last checkpoint it saved is kept." if (job.out_dir / WEIGHTS_NAME).is_file() else ""
             job.status, job.message = "failed", f"training failed: {type(err).__name__}: {err}.{saved}"
     finally:
+        cap.cancel()
+        cap.join()  # nothing of the run outlives it
         with job.lock:
             job.finished_at, job.eta_s = time.time(), None

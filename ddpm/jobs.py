@@ -1,9 +1,10 @@
 """The server's training-job registry: at most one active job, each in its own worker thread.
 
 The registry only keeps the books: who holds the training slot, which run folders exist and when
-they go.  A run holds the slot at most for the server's time cap (a timer asks it to stop then, even
-between progress reports).  Run folders of finished or abandoned runs are deleted ``keep_s`` after
-they end (a janitor thread looks every few seconds), all of them at ``shutdown`` and at interpreter
+they go, and whose each run is: a visitor (``job_state.Visitor``, 128 random bits) can stop, keep
+alive or replace only their own runs.  A run holds the slot at most for the server's time cap (its
+worker's timer asks it to stop then, even between progress reports).  Run folders of finished or
+abandoned runs are deleted ``keep_s`` after they end (a janitor thread looks every few seconds), all of them at ``shutdown`` and at interpreter
 exit, and the folders a killed server left behind when the next registry starts.  What a request may ask is ``train_request``/``server_limits``; what a job's thread does is
 ``job_worker``; a job's state is ``job_state``.
 """
@@ -13,11 +14,11 @@ import atexit
 import math
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
 import time
-import uuid
 import weakref
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,8 +26,8 @@ from pathlib import Path
 import torch
 
 from .checkpoints import Checkpoint
-from .job_state import ACTIVE, Job, JobSnapshot
-from .job_worker import run_job, time_cap_reason
+from .job_state import ACTIVE, Job, JobSnapshot, Visitor
+from .job_worker import run_job
 from .server_limits import ServerLimits
 from .train_request import TrainRequest
 
@@ -79,7 +80,8 @@ class JobRegistry:
 
     ``images`` given to ``start`` are uint8 (N, 3, H, W); ``init`` is a loaded Checkpoint to fine-tune
     (it is only read: the trainer copies its weights).  Finished runs stay downloadable until their
-    owner starts another or ``keep_s`` (default: the limits' ``keep_runs_minutes``) passes.
+    owner starts another or ``keep_s`` (default: the limits' ``keep_runs_minutes``) passes.  The job
+    table is read and written only under ``_lock``.
     """
 
     def __init__(self, limits: ServerLimits | None = None, root: str | os.PathLike | None = None,
@@ -98,7 +100,7 @@ class JobRegistry:
         atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     # ---- the page's side ----------------------------------------------------------------------
-    def start(self, request: TrainRequest, owner: str, images: torch.Tensor, init: Checkpoint | None = None,
+    def start(self, request: TrainRequest, owner: Visitor, images: torch.Tensor, init: Checkpoint | None = None,
               data_source: str | None = None, labels: torch.Tensor | None = None) -> JobSnapshot:
         """Start a job, or raise JobBusyError (someone else's job is running) / ValueError (bad request).
         ``labels`` (one per image) are needed by a tissue-conditional run."""
@@ -110,7 +112,7 @@ class JobRegistry:
             if running is not None:
                 raise JobBusyError(running.snapshot())
             self._forget_old(owner)
-            job_id = uuid.uuid4().hex[:8]
+            job_id = secrets.token_hex(16)
             out_dir = Path(tempfile.mkdtemp(prefix=f"run-{job_id}-", dir=self._root_dir()))
             job = Job(job_id, owner, request, out_dir, time.time(), max_steps=request.steps, last_heartbeat=time.time())
             job.thread = threading.Thread(target=run_job,
@@ -118,37 +120,37 @@ class JobRegistry:
                                           daemon=True, name=f"ddpm-train-{job_id}")
             self._jobs[job_id] = job
             job.thread.start()
-            cap = threading.Timer(self.limits.max_minutes * 60, job.request_stop, args=(time_cap_reason(self.limits),))
-            cap.daemon = True
-            cap.start()
             self._start_janitor()
         return job.snapshot()
 
     def get(self, job_id: str | None) -> JobSnapshot | None:
-        job = self._jobs.get(job_id) if job_id else None
+        with self._lock:
+            job = self._jobs.get(job_id) if job_id else None
         return job.snapshot() if job else None
 
     def active(self) -> JobSnapshot | None:
         """The running job, whoever owns it, or None."""
-        job = next((j for j in list(self._jobs.values()) if j.status in ACTIVE), None)
+        with self._lock:
+            job = next((j for j in self._jobs.values() if j.status in ACTIVE), None)
         return job.snapshot() if job else None
 
-    def heartbeat(self, job_id: str) -> None:
+    def heartbeat(self, job_id: str, owner: Visitor) -> None:
         """The owner's page is still open: keep the job alive for another ``heartbeat_timeout_s``."""
-        job = self._jobs.get(job_id)
+        job = self._owned(job_id, owner)
         if job is not None:
             with job.lock:
                 job.last_heartbeat = time.time()
 
-    def stop(self, job_id: str, reason: str = "stopped by you") -> None:
-        """Ask the job to stop after the current step; it saves what it has and ends as "stopped"."""
-        job = self._jobs.get(job_id)
+    def stop(self, job_id: str, owner: Visitor, reason: str = "stopped by you") -> None:
+        """Ask the owner's job to stop after the current step; it saves what it has and ends as "stopped"."""
+        job = self._owned(job_id, owner)
         if job is not None:
             job.request_stop(reason)
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobSnapshot:
         """Block until the job has ended (or ``timeout`` seconds have passed); returns its snapshot."""
-        job = self._jobs[job_id]
+        with self._lock:
+            job = self._jobs[job_id]
         if job.thread is not None:
             job.thread.join(timeout)
         return job.snapshot()
@@ -156,9 +158,11 @@ class JobRegistry:
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop every job, wait for the workers and delete every run folder (and the root, if temporary)."""
         self._closed.set()
-        for job in list(self._jobs.values()):
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
             job.request_stop("the server is shutting down")
-        for job in list(self._jobs.values()):
+        for job in jobs:
             if job.thread is not None:
                 job.thread.join(timeout)
             shutil.rmtree(job.out_dir, ignore_errors=True)
@@ -177,6 +181,14 @@ class JobRegistry:
                     shutil.rmtree(job.out_dir, ignore_errors=True)
 
     # ---- bookkeeping --------------------------------------------------------------------------
+    def _owned(self, job_id: str, owner: Visitor) -> Job | None:
+        """The job, if it is still on the books; PermissionError if it is another visitor's."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is not None and job.owner != owner:
+            raise PermissionError(f"run {job_id} is another visitor's: a visitor can stop or keep alive only their own run")
+        return job
+
     def _start_janitor(self) -> None:
         if self._janitor is None:
             every = min(60.0, max(0.05, self.keep_s / 4))
@@ -193,7 +205,7 @@ class JobRegistry:
         self._root.mkdir(parents=True, exist_ok=True)
         return self._root
 
-    def _forget_old(self, owner: str) -> None:
+    def _forget_old(self, owner: Visitor) -> None:
         """Delete the owner's previous finished run and anyone's run older than keep_s (lock held)."""
         now = time.time()
         for job_id, job in list(self._jobs.items()):

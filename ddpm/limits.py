@@ -28,10 +28,14 @@ MAX_PARAMETERS = 200_000_000  # 0.8 GB of float32 weights
 MAX_TIMESTEPS = 1000  # the DDPM paper's T; a DDPM trajectory costs T network calls
 
 ARCHITECTURES = ("seed", "resunet")
-#: UNetConfig's defaults, for the fields a config.json leaves out
+# UNetConfig's and ScheduleConfig's defaults, for the fields a config.json leaves out. They are copies, not imports:
+# unet and schedules import this module (their dataclasses check themselves here), so reading their defaults from
+# here would be an import cycle. tests/test_limits.py keeps each copy equal to its dataclass.
 DEFAULTS: dict[str, Any] = {"architecture": "resunet", "image_size": 28, "in_channels": 3, "base_channels": 32,
                             "channel_mults": (1, 2, 2), "num_res_blocks": 2, "attention_resolutions": (7,),
                             "num_heads": 1, "time_embed_dim": 128, "dropout": 0.0, "norm_groups": 8, "num_classes": None}
+SCHEDULE_DEFAULTS: dict[str, Any] = {"kind": "cosine", "num_timesteps": 200, "beta_start": 1e-4, "beta_end": 0.02,
+                                     "cosine_s": 0.008, "zero_terminal_snr": True, "prediction_type": "v_prediction"}
 
 
 class ConfigLimitError(ValueError):
@@ -173,10 +177,10 @@ def check_model_config(config: Any, max_parameters: int = MAX_PARAMETERS) -> int
 
 def check_schedule_config(config: Any) -> None:
     """Refuse a schedule config (dict or ScheduleConfig) whose T or β range is out of bounds."""
-    cfg, problems = _as_dict(config), []
-    _int_in(problems, "schedule", "num_timesteps", cfg.get("num_timesteps", 200), 2, MAX_TIMESTEPS)
-    for name, default in (("beta_start", 1e-4), ("beta_end", 0.02), ("cosine_s", 0.008)):
-        value = cfg.get(name, default)
+    cfg, problems = {**SCHEDULE_DEFAULTS, **_as_dict(config)}, []
+    _int_in(problems, "schedule", "num_timesteps", cfg["num_timesteps"], 2, MAX_TIMESTEPS)
+    for name in ("beta_start", "beta_end", "cosine_s"):
+        value = cfg[name]
         if not (_is_number(value) and 0 <= value < 1):
             problems.append(f"schedule.{name} = {value!r} must be a number in [0, 1)")
     _raise(problems)

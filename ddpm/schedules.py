@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from .config import ConfigMixin
-from .limits import MAX_TIMESTEPS
+from .limits import check_schedule_config
 
 ScheduleKind = Literal["linear", "cosine"]
 PredictionType = Literal["epsilon", "v_prediction"]
@@ -55,8 +55,7 @@ class ScheduleConfig(ConfigMixin):
             raise ValueError(f"schedule kind must be one of {SCHEDULE_KINDS}, got {self.kind!r}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
-        if not 2 <= self.num_timesteps <= MAX_TIMESTEPS:
-            raise ValueError(f"num_timesteps = {self.num_timesteps} must be in [2, {MAX_TIMESTEPS}] (ddpm.limits)")
+        check_schedule_config(self)  # T and the β range: the same bounds as a config.json's
         if self.kind == "linear" and not 0 < self.beta_start < self.beta_end < 1:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
         if self.zero_terminal_snr and self.prediction_type == "epsilon":

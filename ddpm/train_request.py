@@ -1,10 +1,11 @@
-"""A visitor's request for a training run, checked against the server's limits."""
+"""A visitor's request for a training run, checked against the server's limits and the trainer's own rules."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .presets import SCHEDULES
+from .presets import SCHEDULES, get_preset
 from .server_limits import ServerLimits
+from .training import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,18 @@ class TrainRequest:
     seed: int = 0
     conditional: bool = False  # train on the tissue labels (classifier-free guidance); the gpu preset always is
 
+    def train_config(self) -> TrainConfig:
+        """The trainer's settings for this run: the preset's, with the visitor's steps, batch, learning rate and
+        seed; a short run keeps at most a fifth of itself for the learning-rate warm-up. Raises ValueError from
+        TrainConfig's own checks."""
+        base = get_preset(self.preset).train
+        return replace(base, max_steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+                       warmup_steps=min(base.warmup_steps, self.steps // 5), checkpoint_every_s=60.0)
+
     def validate(self, limits: ServerLimits) -> None:
-        """Raise ValueError naming every setting outside what ``limits`` allow."""
+        """Raise ValueError naming every setting outside what ``limits`` allow; once the preset, steps and batch
+        size are within them, the trainer's own rules (the learning rate's) are checked by building the
+        TrainConfig the run would train with."""
         problems = []
         if self.preset not in limits.presets:
             problems.append(f"preset must be one of {list(limits.presets)}, got {self.preset!r}")
@@ -32,8 +43,11 @@ class TrainRequest:
             problems.append(f"steps must be between 1 and {limits.max_steps:,}, got {self.steps}")
         if not 1 <= self.batch_size <= limits.max_batch:
             problems.append(f"batch size must be between 1 and {limits.max_batch}, got {self.batch_size}")
-        if not 0 < self.lr <= 0.1:
-            problems.append(f"learning rate must be in (0, 0.1], got {self.lr}")
+        if not problems:
+            try:
+                self.train_config()
+            except ValueError as err:
+                problems.append(str(err))
         if self.schedule is not None and self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         if self.from_pretrained and self.schedule is not None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigMixin
-from .limits import MAX_CLASSES, check_model_config
+from .limits import ARCHITECTURES, MAX_CLASSES, check_model_config
 
 Architecture = Literal["seed", "resunet"]
 
@@ -45,8 +45,8 @@ class UNetConfig(ConfigMixin):
     config_name = "model"
 
     def __post_init__(self) -> None:
-        if self.architecture not in ("seed", "resunet"):
-            raise ValueError(f"architecture must be 'seed' or 'resunet', got {self.architecture!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {list(ARCHITECTURES)}, got {self.architecture!r}")
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
         if self.num_classes is not None and not (type(self.num_classes) is int and 1 <= self.num_classes <= MAX_CLASSES):

@@ -3,7 +3,7 @@
 Heavy objects live in ``st.cache_resource`` (one per server, shared by every visitor); the few
 per-visitor values live in ``st.session_state`` under these keys:
 
-    visitor            a short anonymous name shown to others while this visitor trains
+    visitor            who this visitor is (ddpm.job_state.Visitor: 128 random bits; others see a short name)
     model_name         the model picked in the sidebar (kept across pages; widget key model_picker)
     uploaded_model     (digest, Checkpoint) of a checkpoint this visitor uploaded (memory only)
     train_job          id of this visitor's training job in the registry
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +28,12 @@ from streamlit.runtime.pages_manager import PagesManager
 from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError, load_checkpoint, load_local
 from ddpm.compute_gate import ComputeGate
 from ddpm.data import CLASS_NAMES, ImageSet, load_images, load_subset, to_hwc_numpy
+from ddpm.job_state import Visitor
 from ddpm.jobs import JobRegistry
 from ddpm.model_card import EVALUATION_NAME, read_evaluation
 from ddpm.pipeline import PRIOR, Trajectory, generate, trajectory
 from ddpm.preview import Preview, PreviewRequest, read_preview, weights_fingerprint
-from ddpm.result_cache import ResultCache
+from ddpm.result_cache import ResultCache, ResultCaches
 from ddpm.samplers import SAMPLERS
 from ddpm.sampling_spec import MAX_GUIDANCE, SamplingSpec
 from ddpm.server_limits import ServerLimits
@@ -117,9 +117,10 @@ def job_registry() -> JobRegistry:
 
 
 @st.cache_resource
-def results() -> ResultCache:
-    """Finished sampling runs, keyed by model, sampler, steps, seed and count."""
-    return ResultCache(max_entries=24)
+def caches() -> ResultCaches:
+    """Finished results for the whole server, one cache per kind (models, trajectories, animations, samples,
+    nearest neighbours), each with its own size."""
+    return ResultCaches()
 
 
 @st.cache_resource(show_spinner="Loading the tissue encoder…")
@@ -143,9 +144,9 @@ def limits() -> ServerLimits:
     return job_registry().limits
 
 
-def visitor() -> str:
+def visitor() -> Visitor:
     if "visitor" not in st.session_state:
-        st.session_state["visitor"] = f"visitor {uuid.uuid4().hex[:4]}"
+        st.session_state["visitor"] = Visitor.new()
     return st.session_state["visitor"]
 
 
@@ -160,8 +161,7 @@ def _run_checkpoint() -> tuple[str, Checkpoint] | None:
     snap = job_registry().get(st.session_state.get("train_job"))
     if snap is None or snap.active or not snap.has_checkpoint:
         return None
-    return snap.id, results().get_or_compute(("run-checkpoint", snap.id),
-                                             lambda: load_local(snap.out_dir, source="your training run"))
+    return snap.id, caches().models.get_or_compute(snap.id, lambda: load_local(snap.out_dir, source="your training run"))
 
 
 def load_model(choice: str) -> tuple[ActiveModel | None, str | None]:
@@ -312,13 +312,13 @@ def in_turn(compute, bar, text: str):
         return compute()
 
 
-def _with_progress(key: tuple, text: str, compute):
-    hit = results().get(key)
+def _with_progress(cache: ResultCache, key: tuple, text: str, compute):
+    hit = cache.get(key)
     if hit is not None:
         return hit
     bar = st.progress(0.0, text=text)
     report = lambda done, total: bar.progress(done / total, text=f"{text} {done}/{total}")  # noqa: E731
-    value = results().get_or_compute(key, lambda: in_turn(lambda: compute(report), bar, text))
+    value = cache.get_or_compute(key, lambda: in_turn(lambda: compute(report), bar, text))
     bar.empty()
     return value
 
@@ -327,7 +327,7 @@ def cached_trajectory(model: ActiveModel, spec: SamplingSpec, seed: int, n: int,
                       tissue: Tissue | None = None) -> Trajectory:
     """The whole reverse run, computed once per (model, spec, seed, n, tissue) for the whole server."""
     spec, classes = _request(model, spec, tissue)
-    return _with_progress(("trajectory", model.key, spec, seed, n, classes), "Denoising… step",
+    return _with_progress(caches().trajectories, (model.key, spec, seed, n, classes), "Denoising… step",
                           lambda cb: trajectory(model.checkpoint.model, model.checkpoint.schedule, n, spec, seed=seed,
                                                 callback=cb, classes=classes))
 
@@ -338,7 +338,7 @@ def cached_samples(model: ActiveModel, n: int, seed: int, spec: SamplingSpec | N
     (default: the model's recommended one); ``tissue.tissue`` may also be a list of class indices, one per patch."""
     spec, classes = _request(model, spec, tissue)
     key_classes = tuple(classes) if isinstance(classes, (list, tuple)) else classes
-    return _with_progress(("samples", model.key, spec, seed, n, key_classes), "Sampling… step",
+    return _with_progress(caches().samples, (model.key, spec, seed, n, key_classes), "Sampling… step",
                           lambda cb: to_hwc_numpy(generate(model.checkpoint.model, model.checkpoint.schedule, n, spec,
                                                            seed=seed, callback=cb, classes=classes)))
 
@@ -348,13 +348,13 @@ def cached_samples(model: ActiveModel, n: int, seed: int, spec: SamplingSpec | N
 def _heartbeat() -> None:
     job_id = st.session_state.get("train_job")
     if job_id:
-        job_registry().heartbeat(job_id)
+        job_registry().heartbeat(job_id, visitor())
 
 
 def keep_training_alive() -> None:
     """While this visitor's job runs, tell the registry they are still here (every 15 s, any page)."""
     snap = job_registry().get(st.session_state.get("train_job"))
     if snap is not None and snap.active:
-        job_registry().heartbeat(snap.id)
+        job_registry().heartbeat(snap.id, visitor())
         _heartbeat()
 

@@ -5,8 +5,8 @@ from ddpm.data import CLASS_NAMES, to_chw_tensor, to_hwc_numpy
 from ddpm.explain import patches_like, pick_patches
 from ddpm.figures import (class_histogram_figure, color_histogram_figure, memorization_figure, metrics_table_figure,
                           ratio_histogram_figure, side_by_side_figure, tissue_rows_figure)
-from pages._shared import (PRIOR, Tissue, cached_samples, evaluation_report, in_turn, keep_training_alive, limits,
-                           model_picker, real_images, results, run_evaluation, show, tissue_encoder, tissue_picker)
+from pages._shared import (PRIOR, Tissue, cached_samples, caches, evaluation_report, in_turn, keep_training_alive, limits,
+                           model_picker, real_images, run_evaluation, show, tissue_encoder, tissue_picker)
 
 PER_TISSUE = 4  # generated and real patches per tissue row
 
@@ -45,8 +45,8 @@ st.subheader("Memorization: each sample beside its nearest training patch")
 try:
     from ddpm.evaluation.memorization import pixel_neighbours
 
-    nn = results().get_or_compute(("nearest", model.key, len(real)),
-                                  lambda: pixel_neighbours(to_chw_tensor(generated[:8]), real.images))
+    nn = caches().neighbours.get_or_compute((model.key, tissue, len(real)),  # what `generated` and `real` come from
+                                            lambda: pixel_neighbours(to_chw_tensor(generated[:8]), real.images))
     show(memorization_figure(generated[:8], to_hwc_numpy(real.images[nn.index]), nn.distance, nn.ratio), key="cmp_memo")
     st.caption(f"d: pixel distance to the nearest of {len(real):,} training patches (values in [0, 1], best of the 8 flips "
                "and rotations). ratio: nearest over second-nearest distance; under 1/3 suggests a copy.")

@@ -6,7 +6,7 @@ from ddpm.export import trajectory_gif
 from ddpm.figures import denoising_animation_figure, side_by_side_figure, trajectory_times
 from ddpm.imaging import png_bytes
 from ddpm.sampling_spec import SamplingSpec
-from pages._shared import (SAMPLER_LABELS, Tissue, cached_trajectory, keep_training_alive, model_picker, results, show,
+from pages._shared import (SAMPLER_LABELS, Tissue, cached_trajectory, caches, keep_training_alive, model_picker, show,
                            tissue_picker)
 
 DEFAULTS = {"seed": 0, "n": 9}
@@ -37,8 +37,8 @@ if model.conditional and asked is None:  # the form's defaults until the visitor
 run = (settings["spec"].fitted(T), settings["seed"], settings["n"])
 traj = cached_trajectory(model, *run, tissue=asked)
 key = (asked.tissue, asked.guidance) if asked else None
-animation = results().get_or_compute(("animation", model.key, *run, key),
-                                     lambda: denoising_animation_figure(traj.samples, traj.pred_x0, traj.timesteps))
+animation = caches().animations.get_or_compute((model.key, *run, key),
+                                               lambda: denoising_animation_figure(traj.samples, traj.pred_x0, traj.timesteps))
 show(animation, key="rev_animation")
 st.caption(f"{SAMPLER_LABELS[traj.sampler]}, {traj.num_steps} network evaluations"
            f"{' (each on a batch twice the size: conditional and unconditional)' if asked and asked.guidance not in (0, 1) else ''}, "

@@ -73,7 +73,7 @@ def live_view() -> None:
     if snap is None:  # the run was cleared away meanwhile
         return
     if snap.active:
-        registry.heartbeat(job_id)
+        registry.heartbeat(job_id, visitor())
     elif st.session_state.get("train_seen_active"):
         st.session_state["train_seen_active"] = False
         st.rerun(scope="app")  # the run just ended: redraw the whole page with its downloads
@@ -86,7 +86,7 @@ def live_view() -> None:
     m2.metric("images / s", f"{snap.images_per_sec:.0f}")
     m3.metric("time left", f"{int(snap.eta_s // 60)} min {int(snap.eta_s % 60):02d} s" if snap.active and snap.eta_s else "–")
     if snap.active:
-        st.button("Stop training", key="train_stop", on_click=registry.stop, args=(job_id,))
+        st.button("Stop training", key="train_stop", on_click=registry.stop, args=(job_id, visitor()))
     left, right = st.columns([3, 2])
     with left:
         show(loss_curve_figure(snap.loss_steps, snap.losses), key="train_loss")

@@ -295,17 +295,18 @@ def test_train_page_runs_a_job_in_the_background_and_shows_its_loss_samples_and_
 
 def test_train_page_stops_a_run_and_shows_the_busy_server_to_others(tiny_images):
     import pages._shared as shared
+    from ddpm.job_state import Visitor
     from ddpm.train_request import TrainRequest
 
-    registry = shared.job_registry()
-    other = registry.start(TrainRequest(preset="seed", steps=20_000, batch_size=4), "visitor zz", tiny_images)
+    registry, someone = shared.job_registry(), Visitor("ffff" + "0" * 28)
+    other = registry.start(TrainRequest(preset="seed", steps=20_000, batch_size=4), someone, tiny_images)
     try:
         at = open_page("train")
-        assert "visitor zz is training a model" in texts(at, "info")
+        assert "visitor ffff is training a model" in texts(at, "info")
         at = clicked(at, "Start training")
         assert "One training job runs at a time" in texts(at, "warning")
     finally:
-        registry.stop(other.id)
+        registry.stop(other.id, someone)
         registry.wait(other.id, timeout=60)
 
     at.selectbox(key="train_preset").set_value("seed")

@@ -99,3 +99,14 @@ def test_an_unconditional_model_shows_no_tissue_picker(app_on, page):
     at = app_on(None, page)
     assert not [w for w in at.selectbox if w.label == "Tissue"]
     assert not [w for w in at.slider if w.label == "Guidance scale"]
+
+
+def test_compares_nearest_training_patches_are_those_of_the_samples_drawn_for_the_tissue_asked(app_on):
+    import pages._shared as shared
+
+    at = app_on(9, "compare")
+    at.selectbox(key="cmp_tissue").set_value(0).run()
+    at.selectbox(key="cmp_tissue").set_value(1).run()
+    assert not at.exception
+    neighbours = shared.caches().neighbours
+    assert len(neighbours) == 3  # the prior's samples, then tissue 0's, then tissue 1's: each its own search

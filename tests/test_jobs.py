@@ -1,4 +1,4 @@
-"""The training-job registry and the shared result cache (ddpm.jobs), with tiny runs of the seed preset."""
+"""The training-job registry (ddpm.jobs), with tiny runs of the seed preset."""
 from __future__ import annotations
 
 import os
@@ -12,16 +12,18 @@ import pytest
 import torch
 
 from ddpm.checkpoints import Checkpoint, load_local, make_config
+from ddpm.job_state import Visitor
 from ddpm.jobs import ROOT_PREFIX, JobBusyError, JobRegistry, remove_abandoned_roots
-from ddpm.result_cache import ResultCache
 from ddpm.server_limits import HOSTED_LIMITS, ServerLimits
 from ddpm.train_request import TrainRequest
+from ddpm.training import TrainConfig
 from ddpm.presets import get_preset
 from ddpm.unet import build_unet
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = get_preset("seed")
 TINY = dict(preset="seed", batch_size=4, lr=1e-3, sample_every=2, num_samples=2)
+A, B = Visitor("a" * 32), Visitor("b" * 32)
 
 
 @pytest.fixture
@@ -50,8 +52,9 @@ def _wait_until(predicate, timeout: float = 60.0) -> None:
 
 
 def test_a_job_trains_in_the_background_and_publishes_losses_samples_and_a_checkpoint(registry, tiny_images):
-    snap = registry.start(TrainRequest(steps=4, **TINY), "visitor a", tiny_images, data_source="toy")
-    assert snap.active and snap.owner == "visitor a"
+    request = TrainRequest(steps=4, **TINY)
+    snap = registry.start(request, A, tiny_images, data_source="toy")
+    assert snap.active and snap.owner == "visitor aaaa"
     done = registry.wait(snap.id, timeout=120)
     assert done.status == "finished" and done.message == "finished 4 steps"
     assert done.step == 4 and done.loss_steps == (1, 2, 3, 4) and len(done.losses) == 4
@@ -60,27 +63,28 @@ def test_a_job_trains_in_the_background_and_publishes_losses_samples_and_a_check
     assert done.has_checkpoint and not done.active and done.ends_at == done.finished_at
     saved = load_local(done.out_dir)
     assert saved.config["training"]["steps"] == 4 and saved.config["data"] == "toy"
+    assert TrainConfig.from_dict(saved.config["training"]) == request.train_config()  # what was checked is what ran
     assert registry.active() is None
 
 
 def test_one_job_at_a_time_and_the_busy_error_says_whose_and_when(registry, tiny_images):
-    first = registry.start(TrainRequest(steps=20_000, **TINY), "visitor a", tiny_images)
+    first = registry.start(TrainRequest(steps=20_000, **TINY), A, tiny_images)
     _wait_until(lambda: registry.get(first.id).step >= 2)
-    with pytest.raises(JobBusyError, match=r"visitor a is training a model \(step [\d,]+ of 20,000\); it should end around") as err:
-        registry.start(TrainRequest(steps=4, **TINY), "visitor b", tiny_images)
+    with pytest.raises(JobBusyError, match=r"visitor aaaa is training a model \(step [\d,]+ of 20,000\); it should end around") as err:
+        registry.start(TrainRequest(steps=4, **TINY), B, tiny_images)
     assert err.value.holder.id == first.id
-    registry.stop(first.id)
+    registry.stop(first.id, A)
     stopped = registry.wait(first.id, timeout=60)
     assert stopped.status == "stopped" and stopped.message.startswith("stopped by you at step")
     assert stopped.has_checkpoint  # stopping saves what the run has
-    second = registry.start(TrainRequest(steps=2, **TINY), "visitor b", tiny_images)
+    second = registry.start(TrainRequest(steps=2, **TINY), B, tiny_images)
     assert registry.wait(second.id, timeout=60).status == "finished"
 
 
 def test_a_job_whose_page_stopped_polling_ends_by_itself(tmp_path, tiny_images):
     reg = JobRegistry(ServerLimits(heartbeat_timeout_s=0.3), root=tmp_path, device="cpu")
     try:
-        snap = reg.start(TrainRequest(steps=20_000, **TINY), "visitor a", tiny_images)
+        snap = reg.start(TrainRequest(steps=20_000, **TINY), A, tiny_images)
         done = reg.wait(snap.id, timeout=60)
         assert done.status == "stopped" and "page was closed" in done.message and done.step < 20_000
     finally:
@@ -90,9 +94,9 @@ def test_a_job_whose_page_stopped_polling_ends_by_itself(tmp_path, tiny_images):
 def test_heartbeats_keep_a_job_alive(tmp_path, tiny_images):
     reg = JobRegistry(ServerLimits(heartbeat_timeout_s=1.0), root=tmp_path, device="cpu")
     try:
-        snap = reg.start(TrainRequest(steps=20_000, **TINY), "visitor a", tiny_images)
+        snap = reg.start(TrainRequest(steps=20_000, **TINY), A, tiny_images)
         for _ in range(30):  # 1.5 s of polling, longer than the timeout
-            reg.heartbeat(snap.id)
+            reg.heartbeat(snap.id, A)
             time.sleep(0.05)
         assert reg.get(snap.id).status == "running"
     finally:
@@ -102,36 +106,62 @@ def test_heartbeats_keep_a_job_alive(tmp_path, tiny_images):
 def test_the_hosted_time_cap_ends_a_run_with_a_message(tmp_path, tiny_images):
     reg = JobRegistry(ServerLimits(max_minutes=0.002), root=tmp_path, device="cpu")
     try:
-        snap = reg.start(TrainRequest(steps=20_000, **TINY), "visitor a", tiny_images)
+        snap = reg.start(TrainRequest(steps=20_000, **TINY), A, tiny_images)
         done = reg.wait(snap.id, timeout=60)
         assert done.status == "stopped" and "limit of 0.002 minutes" in done.message
     finally:
         reg.shutdown()
 
 
-def test_the_time_cap_frees_the_slot_even_when_a_step_never_reports(tmp_path, tiny_images, monkeypatch):
+def _time_cap_timers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if isinstance(t, threading.Timer)}
+
+
+def test_the_time_cap_is_one_timer_that_stops_a_silent_step_and_is_gone_when_the_job_ends(tmp_path, tiny_images,
+                                                                                          monkeypatch):
     from ddpm import job_worker
-    from ddpm.training import TrainResult
+    from ddpm.job_state import Job
+    from ddpm.training import TrainProgress, TrainResult
 
-    def silent_train(self, callback=None, stop_event=None, max_steps=None):  # one endless step: no progress report
+    def silent_train(self, callback=None, stop_event=None, max_steps=None):  # one endless step, then one last report
         stop_event.wait(60)
-        return TrainResult(self.step, stop_event.is_set(), float("nan"), 0.0, self.out_dir)
+        callback(TrainProgress(1, 20_000, 0.5, 1e-3, 1.0, 1.0))
+        return TrainResult(1, stop_event.is_set(), 0.5, 1.0, self.out_dir)
 
+    stops, request_stop = [], Job.request_stop
+
+    def noted_request_stop(job, reason):
+        stops.append(reason)
+        request_stop(job, reason)
+
+    monkeypatch.setattr(Job, "request_stop", noted_request_stop)
     monkeypatch.setattr(job_worker.Trainer, "train", silent_train)
-    reg = JobRegistry(ServerLimits(max_minutes=0.005), root=tmp_path, device="cpu")
+    limits = ServerLimits(max_minutes=0.005)
+    reg = JobRegistry(limits, root=tmp_path, device="cpu")
+    timers_before = _time_cap_timers()
     try:
-        snap = reg.start(TrainRequest(steps=20_000, **TINY), "visitor a", tiny_images)
+        snap = reg.start(TrainRequest(steps=20_000, **{**TINY, "sample_every": 1000}), A, tiny_images)
         done = reg.wait(snap.id, timeout=60)
         assert done.status == "stopped" and "limit of 0.005 minutes" in done.message
         assert reg.active() is None
+        # the report after the cap does not ask again: one mechanism, one request
+        assert stops == [job_worker.time_cap_reason(limits)]
+        assert _time_cap_timers() == timers_before  # the timer ended with the job
     finally:
         reg.shutdown()
+
+
+def test_a_job_that_ends_before_its_time_cap_leaves_no_timer_behind(registry, tiny_images):
+    timers_before = _time_cap_timers()
+    snap = registry.start(TrainRequest(steps=1, **{**TINY, "sample_every": 1000}), A, tiny_images)
+    assert registry.wait(snap.id, timeout=60).status == "finished"
+    assert _time_cap_timers() == timers_before
 
 
 def test_a_finished_runs_folder_is_deleted_after_a_while_without_anyone_starting_another(tmp_path, tiny_images):
     reg = JobRegistry(ServerLimits(), root=tmp_path, device="cpu", keep_s=2.0)
     try:
-        done = reg.wait(reg.start(TrainRequest(steps=1, **TINY), "visitor a", tiny_images).id, timeout=60)
+        done = reg.wait(reg.start(TrainRequest(steps=1, **TINY), A, tiny_images).id, timeout=60)
         assert done.status == "finished"
         _wait_until(lambda: reg.get(done.id) is None, timeout=30)  # off the books first, then off the disk
         _wait_until(lambda: not done.out_dir.exists(), timeout=30)
@@ -142,12 +172,13 @@ def test_a_finished_runs_folder_is_deleted_after_a_while_without_anyone_starting
 def test_run_folders_are_deleted_when_the_server_process_exits(tmp_path):
     script = (
         "import torch\n"
+        "from ddpm.job_state import Visitor\n"
         "from ddpm.jobs import JobRegistry\n"
         "from ddpm.server_limits import ServerLimits\n"
         "from ddpm.train_request import TrainRequest\n"
         "reg = JobRegistry(ServerLimits(), device='cpu')\n"
         "images = torch.randint(0, 256, (8, 3, 28, 28), dtype=torch.uint8)\n"
-        "snap = reg.start(TrainRequest(preset='seed', steps=20000, batch_size=4, sample_every=1000), 'a', images)\n"
+        "snap = reg.start(TrainRequest(preset='seed', steps=20000, batch_size=4, sample_every=1000), Visitor.new(), images)\n"
         "import time\n"
         "while not reg.get(snap.id).step: time.sleep(0.05)\n"
         "print(snap.out_dir.parent, flush=True)\n"  # then exit with the job still running
@@ -171,14 +202,14 @@ def test_the_run_folders_of_a_killed_server_are_deleted_by_the_next_one(tmp_path
 
 def test_a_nan_loss_fails_the_job_with_the_trainers_message(registry, tiny_images):
     broken = _pretrained(fill=float("nan"))
-    snap = registry.start(TrainRequest(steps=4, from_pretrained=True, **TINY), "visitor a", tiny_images, init=broken)
+    snap = registry.start(TrainRequest(steps=4, from_pretrained=True, **TINY), A, tiny_images, init=broken)
     done = registry.wait(snap.id, timeout=60)
     assert done.status == "failed" and "loss became nan at step 1" in done.message
     assert registry.active() is None  # the server is free again
 
 
 def test_an_exception_in_the_worker_fails_the_job_with_what_happened(registry, tiny_images):
-    snap = registry.start(TrainRequest(steps=4, **{**TINY, "batch_size": 64}), "visitor a", tiny_images)
+    snap = registry.start(TrainRequest(steps=4, **{**TINY, "batch_size": 64}), A, tiny_images)
     done = registry.wait(snap.id, timeout=60)
     assert done.status == "failed" and "16 images cannot fill one batch of 64" in done.message
     assert not done.has_checkpoint
@@ -187,7 +218,7 @@ def test_an_exception_in_the_worker_fails_the_job_with_what_happened(registry, t
 def test_a_run_from_the_pretrained_model_trains_a_copy_and_leaves_the_shared_one_alone(registry, tiny_images):
     shared = _pretrained()
     before = {k: v.clone() for k, v in shared.model.state_dict().items()}
-    snap = registry.start(TrainRequest(steps=3, from_pretrained=True, **TINY), "visitor a", tiny_images, init=shared)
+    snap = registry.start(TrainRequest(steps=3, from_pretrained=True, **TINY), A, tiny_images, init=shared)
     done = registry.wait(snap.id, timeout=60)
     assert done.status == "finished"
     for k, v in shared.model.state_dict().items():
@@ -206,12 +237,30 @@ def test_requests_outside_the_limits_are_refused_naming_the_allowed_values(regis
     with pytest.raises(ValueError, match="keeps its schedule"):
         TrainRequest(schedule="cosine", from_pretrained=True).validate(ServerLimits())
     with pytest.raises(ValueError, match="needs the pretrained checkpoint"):
-        registry.start(TrainRequest(steps=2, from_pretrained=True, **TINY), "visitor a", tiny_images)
+        registry.start(TrainRequest(steps=2, from_pretrained=True, **TINY), A, tiny_images)
     assert registry.active() is None
 
 
+@pytest.mark.parametrize("lr", [0.5, 0.0, -1e-3, float("nan"), float("inf")])
+def test_a_request_is_checked_by_building_the_trainers_config_and_says_what_the_trainer_says(lr):
+    request = TrainRequest(preset="seed", lr=lr)
+    with pytest.raises(ValueError) as trainer:
+        TrainConfig(lr=lr)
+    assert f"lr={lr!r} (lr in (0, 0.1]" in str(trainer.value)
+    with pytest.raises(ValueError) as refused:
+        request.validate(ServerLimits())
+    assert str(refused.value) == str(trainer.value)
+    TrainRequest(preset="seed", lr=0.1).validate(ServerLimits())
+
+
+def test_a_request_over_the_servers_limits_is_not_also_refused_again_by_the_trainer():
+    with pytest.raises(ValueError) as err:
+        TrainRequest(preset="seed", steps=0, batch_size=0).validate(ServerLimits())
+    assert "steps must be between 1 and" in str(err.value) and "invalid training settings" not in str(err.value)
+
+
 def test_a_chosen_schedule_is_the_one_the_run_trains_with(registry, tiny_images):
-    snap = registry.start(TrainRequest(steps=1, schedule="cosine", **{**TINY, "sample_every": 100}), "a", tiny_images)
+    snap = registry.start(TrainRequest(steps=1, schedule="cosine", **{**TINY, "sample_every": 100}), A, tiny_images)
     done = registry.wait(snap.id, timeout=60)
     assert load_local(done.out_dir).schedule_config.kind == "cosine"
 
@@ -246,39 +295,94 @@ def test_hosted_caps_come_from_the_environment():
 
 
 def test_starting_again_deletes_the_owners_previous_run_and_shutdown_deletes_all(registry, tiny_images):
-    first = registry.wait(registry.start(TrainRequest(steps=1, **TINY), "visitor a", tiny_images).id, timeout=60)
+    first = registry.wait(registry.start(TrainRequest(steps=1, **TINY), A, tiny_images).id, timeout=60)
     assert first.out_dir.is_dir()
-    second = registry.wait(registry.start(TrainRequest(steps=1, **TINY), "visitor a", tiny_images).id, timeout=60)
+    second = registry.wait(registry.start(TrainRequest(steps=1, **TINY), A, tiny_images).id, timeout=60)
     assert not first.out_dir.exists() and registry.get(first.id) is None and second.out_dir.is_dir()
     registry.shutdown()
     assert not second.out_dir.exists()
 
 
-# ---- ResultCache --------------------------------------------------------------------------------
-def test_result_cache_computes_each_key_once_even_when_visitors_ask_together():
-    cache, calls = ResultCache(), []
+# ---- the job table's lock -----------------------------------------------------------------------
+class OwnedLock:
+    """A lock that knows which thread holds it (threading.Lock only knows that someone does)."""
 
-    def slow():
-        calls.append(1)
-        time.sleep(0.2)
-        return "trajectory"
+    def __init__(self):
+        self._lock, self.holder = threading.Lock(), None
 
-    out = []
-    threads = [threading.Thread(target=lambda: out.append(cache.get_or_compute(("k",), slow))) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert out == ["trajectory"] * 4 and len(calls) == 1 and ("k",) in cache
+    def __enter__(self):
+        self._lock.acquire()
+        self.holder = threading.get_ident()
+
+    def __exit__(self, *exc):
+        self.holder = None
+        self._lock.release()
 
 
-def test_result_cache_evicts_the_least_recently_used_and_does_not_cache_errors():
-    cache = ResultCache(max_entries=2)
-    cache.get_or_compute("a", lambda: 1)
-    cache.get_or_compute("b", lambda: 2)
-    assert cache.get("a") == 1  # "a" is now the most recent
-    cache.get_or_compute("c", lambda: 3)
-    assert "b" not in cache and cache.get("a") == 1 and cache.get("c") == 3
-    with pytest.raises(RuntimeError):
-        cache.get_or_compute("d", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
-    assert "d" not in cache and cache.get_or_compute("d", lambda: 4) == 4
+class CheckedTable(dict):
+    """The registry's job table, noting every access made without the registry's lock held by the caller."""
+
+    def __init__(self, lock: OwnedLock):
+        super().__init__()
+        self.lock, self.unlocked = lock, []
+
+    def _check(self, what: str) -> None:
+        if self.lock.holder != threading.get_ident():
+            self.unlocked.append(what)
+
+
+for _name in ("get", "__getitem__", "__setitem__", "__delitem__", "__contains__", "__iter__", "__len__", "values",
+              "items", "keys", "pop", "clear"):
+    def _checked(self, *args, _name=_name):
+        self._check(_name)
+        return getattr(dict, _name)(self, *args)
+
+    setattr(CheckedTable, _name, _checked)
+
+
+def test_every_read_and_write_of_the_job_table_holds_the_registrys_lock(tmp_path, tiny_images):
+    reg = JobRegistry(ServerLimits(), root=tmp_path, device="cpu", keep_s=3600)
+    reg._lock = OwnedLock()
+    reg._jobs = table = CheckedTable(reg._lock)
+    try:
+        snap = reg.start(TrainRequest(steps=20_000, **{**TINY, "sample_every": 1000}), A, tiny_images)
+        assert reg.get(snap.id).owner == A.name and reg.active().id == snap.id
+        reg.heartbeat(snap.id, A)
+        reg.stop(snap.id, A)
+        assert reg.wait(snap.id, timeout=60).status == "stopped"
+        reg.sweep()
+        reg.shutdown()
+        assert table.unlocked == [] and len(dict.keys(table)) == 0
+    finally:
+        reg.shutdown()
+
+
+# ---- visitors: who owns which run ---------------------------------------------------------------
+def test_a_new_visitor_has_128_random_bits_and_a_short_name_for_others():
+    a, b = Visitor.new(), Visitor.new()
+    assert len(a.id) == 32 and int(a.id, 16) >= 0 and a.id != b.id
+    assert a.name == f"visitor {a.id[:4]}"
+
+
+def test_two_visitors_with_the_same_name_cannot_delete_stop_or_keep_alive_each_others_runs(registry, tiny_images):
+    first, second = Visitor("abcd" + "0" * 28), Visitor("abcd" + "1" * 28)
+    assert first.name == second.name  # what others see collides; who owns what does not
+    done = registry.wait(registry.start(TrainRequest(steps=1, **TINY), first, tiny_images).id, timeout=60)
+    assert done.status == "finished" and done.has_checkpoint
+
+    running = registry.start(TrainRequest(steps=20_000, **{**TINY, "sample_every": 1000}), second, tiny_images)
+    assert registry.get(done.id) is not None and done.out_dir.is_dir()  # the other's Start left the finished run alone
+    with pytest.raises(PermissionError, match="another visitor's"):
+        registry.stop(running.id, first)
+    with pytest.raises(PermissionError, match="another visitor's"):
+        registry.heartbeat(running.id, first)
+    assert registry.get(running.id).status in ("starting", "running")
+    with pytest.raises(JobBusyError) as busy:
+        registry.start(TrainRequest(steps=1, **TINY), first, tiny_images)
+    assert second.name in str(busy.value) and second.id not in str(busy.value)  # others see the name, never the id
+
+    registry.stop(running.id, second)
+    assert registry.wait(running.id, timeout=60).status == "stopped"
+    again = registry.start(TrainRequest(steps=1, **TINY), second, tiny_images)  # replaces only second's own run
+    assert registry.get(running.id) is None and registry.get(done.id) is not None and done.out_dir.is_dir()
+    registry.wait(again.id, timeout=60)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import typing
 import zipfile
 
 import pytest
@@ -64,6 +65,27 @@ def test_the_issues_huge_config_would_have_asked_for_about_ten_billion_parameter
     assert 9e9 < parameter_count(too_big) < 11e9
 
 
+# ---- one source for each bound ------------------------------------------------------------------
+def test_the_defaults_limits_fills_in_are_the_config_dataclasses_defaults():
+    # limits keeps copies (unet and schedules import limits, so importing them back would be a cycle): keep them equal
+    assert limits.DEFAULTS == UNetConfig().to_dict()
+    assert limits.SCHEDULE_DEFAULTS == ScheduleConfig().to_dict()
+    assert limits.ARCHITECTURES == typing.get_args(unet.Architecture)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_timesteps", 1, r"schedule\.num_timesteps = 1 is below the minimum of 2"),
+    ("num_timesteps", 200.0, r"schedule\.num_timesteps = 200\.0 must be an integer in \[2, 1000\]"),
+    ("cosine_s", float("nan"), r"schedule\.cosine_s = nan must be a number in \[0, 1\)"),
+    ("beta_end", 1.5, r"schedule\.beta_end = 1\.5 must be a number in \[0, 1\)"),
+])
+def test_the_schedule_dataclass_refuses_what_a_config_json_would_with_the_same_message(field, value, message):
+    with pytest.raises(ConfigLimitError, match=message):
+        check_schedule_config({field: value})
+    with pytest.raises(ConfigLimitError, match=message):
+        ScheduleConfig(**{field: value})
+
+
 # ---- each field, its value and its limit --------------------------------------------------------
 @pytest.mark.parametrize("field, value, message", [
     ("base_channels", 2048, r"model\.base_channels = 2048 is above the limit of 256"),
@@ -102,7 +124,7 @@ def test_fields_in_bounds_that_add_up_to_too_many_parameters_are_refused():
 def test_a_schedule_longer_than_the_limit_is_refused_in_json_and_in_the_api():
     with pytest.raises(ConfigLimitError, match=r"schedule\.num_timesteps = 10000 is above the limit of 1000"):
         check_schedule_config({"num_timesteps": 10_000})
-    with pytest.raises(ValueError, match=r"num_timesteps = 10000 must be in \[2, 1000\]"):
+    with pytest.raises(ConfigLimitError, match=r"schedule\.num_timesteps = 10000 is above the limit of 1000"):
         ScheduleConfig(num_timesteps=10_000)
     with pytest.raises(ConfigLimitError, match=r"schedule\.beta_end = nan"):
         check_schedule_config({"beta_end": float("nan")})
@@ -141,5 +163,5 @@ def test_the_python_api_refuses_a_huge_config_before_building(no_network_built):
 
 def test_the_cli_refuses_a_schedule_beyond_the_limit_with_a_message(tmp_path, capsys, no_network_built):
     assert main(["train", "--subset", "--timesteps", "5000", "--out", str(tmp_path / "run")]) == 2
-    assert "num_timesteps = 5000 must be in [2, 1000]" in capsys.readouterr().err
+    assert "schedule.num_timesteps = 5000 is above the limit of 1000" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
