@@ -69,6 +69,14 @@ class ResultCache:
                 else:
                     self._key_locks[key] = (key_lock, users - 1)
 
+    def put(self, key: Hashable, value: Any) -> None:
+        """Store a result computed elsewhere (e.g. by a sampling worker)."""
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()

@@ -5,8 +5,9 @@ machine, strict when hosted.  Streamlit's config.toml accepts no custom keys, so
 environment variables: ``DDPM_HOSTED`` (1/0; on by default on a Hugging Face Space, where
 ``SPACE_ID`` is set), ``DDPM_MAX_STEPS``, ``DDPM_MAX_BATCH``, ``DDPM_MAX_MINUTES`` (a run's time cap:
 the training slot is held no longer), ``DDPM_JOB_TIMEOUT_S`` (a run whose page stopped polling ends),
-``DDPM_MAX_EVAL`` (generated patches per on-demand evaluation), ``DDPM_MAX_COMPUTE`` (sampling and
-evaluations running at once on the server; more wait in line) and ``DDPM_KEEP_RUNS_MIN`` (how long a
+``DDPM_MAX_EVAL`` (generated patches per on-demand evaluation), ``DDPM_MAX_COMPUTE`` (sampling worker
+processes: requests computing at once; more wait in line), ``DDPM_MAX_REQUEST_S`` (a request's wall-time
+deadline) and ``DDPM_KEEP_RUNS_MIN`` (how long a
 finished run's folder is kept for its download).
 """
 from __future__ import annotations
@@ -49,7 +50,8 @@ class ServerLimits:
     heartbeat_timeout_s: float = 90.0
     presets: tuple[str, ...] = tuple(PRESETS)
     max_eval_samples: int = 2000  # generated patches per on-demand evaluation (Compare page)
-    max_compute: int = 4  # sampling runs and evaluations computing at once; more wait in line
+    max_compute: int = 2  # sampling worker processes: requests computing at once; more wait in line
+    max_request_s: float = 600.0  # a sampling request's wall-time deadline: past it, it is stopped
     keep_runs_minutes: float = 60.0  # a finished or abandoned run's folder is deleted after this
 
     @classmethod
@@ -63,9 +65,11 @@ class ServerLimits:
                        heartbeat_timeout_s=_env_number(env, "DDPM_JOB_TIMEOUT_S", base.heartbeat_timeout_s, float),
                        max_eval_samples=_env_number(env, "DDPM_MAX_EVAL", base.max_eval_samples, int),
                        max_compute=_env_number(env, "DDPM_MAX_COMPUTE", base.max_compute, int),
+                       max_request_s=_env_number(env, "DDPM_MAX_REQUEST_S", base.max_request_s, float),
                        keep_runs_minutes=_env_number(env, "DDPM_KEEP_RUNS_MIN", base.keep_runs_minutes, float))
 
 
 #: The caps on a shared 2-core Space: a few minutes of training, the two CPU-sized presets, two computations at once.
 HOSTED_LIMITS = ServerLimits(hosted=True, max_steps=500, max_batch=64, max_minutes=15.0, presets=("seed", "small"),
-                             max_eval_samples=300, max_compute=2, keep_runs_minutes=30.0)
+                             max_eval_samples=300, max_compute=1, max_request_s=120.0,
+                             keep_runs_minutes=30.0)

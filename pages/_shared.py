@@ -26,17 +26,20 @@ import torch
 from streamlit.runtime.pages_manager import PagesManager
 
 from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError, load_checkpoint, load_local
-from ddpm.compute_gate import ComputeGate
 from ddpm.data import CLASS_NAMES, ImageSet, load_images, load_subset, to_hwc_numpy
 from ddpm.job_state import Visitor
 from ddpm.jobs import JobRegistry
 from ddpm.model_card import EVALUATION_NAME, read_evaluation
-from ddpm.pipeline import PRIOR, Trajectory, generate, trajectory
+from ddpm.pipeline import PRIOR, Trajectory
 from ddpm.preview import Preview, PreviewRequest, read_preview, weights_fingerprint
 from ddpm.result_cache import ResultCache, ResultCaches
 from ddpm.samplers import SAMPLERS
 from ddpm.sampling_spec import MAX_GUIDANCE, SamplingSpec
+from ddpm.limits import parameter_count
 from ddpm.server_limits import ServerLimits
+from ddpm.serving.queue import Position, RequestCancelled
+from ddpm.serving.sampling_service import RequestFailed, SamplingService
+from ddpm.serving.sampling_worker import ModelPayload, SampleRequest
 from ddpm.uploads import MAX_UPLOAD_BYTES, load_upload
 
 # Streamlit decides when it starts, from the mere presence of a pages/ folder beside app.py, to run sessions in its
@@ -134,10 +137,16 @@ def tissue_encoder():
         return None, f"the tissue encoder is not available ({err})"
 
 
-@st.cache_resource
-def compute_gate() -> ComputeGate:
-    """The server-wide bound on sampling runs and evaluations computing at once."""
-    return ComputeGate(limits().max_compute)
+@st.cache_resource(show_spinner=False)
+def sampling_service() -> SamplingService:
+    """The worker processes that compute every visitor's samples, trajectories and evaluations, in one fair line."""
+    return SamplingService(workers=limits().max_compute, max_deadline_s=limits().max_request_s)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _payload(model_key: str, _checkpoint: Checkpoint) -> ModelPayload:
+    """The model as the workers receive it (config + weights bytes), made once per model."""
+    return ModelPayload.from_checkpoint(_checkpoint)
 
 
 def limits() -> ServerLimits:
@@ -269,13 +278,12 @@ def evaluation_report(model: ActiveModel) -> tuple[dict | None, str | None]:
     return None, None
 
 
-def run_evaluation(model: ActiveModel, n: int, progress, tissue: Tissue | None = None) -> dict:
-    """Generate ``n`` patches and score them (``progress(fraction, message)``); stores the report for this visitor."""
-    from ddpm.evaluation.report import sample_and_evaluate
-
+def run_evaluation(model: ActiveModel, n: int, tissue: Tissue | None = None, bar=None) -> dict:
+    """Generate ``n`` patches and score them in a sampling worker (``bar`` shows the place and progress); stores the
+    report for this visitor."""
     spec, classes = _request(model, None, tissue)
-    report, _ = sample_and_evaluate(model.checkpoint.model, model.checkpoint.schedule, n, spec, seed=1,
-                                    callback=progress, classes=classes)
+    report = from_workers(model, SampleRequest("evaluation", model.key, spec, 1, n, classes), "Sampling and scoring…",
+                          bar)
     st.session_state.setdefault("evaluation", {})[model.key] = report
     return report
 
@@ -298,38 +306,55 @@ def stored_preview(model: ActiveModel, request: PreviewRequest) -> Preview | Non
     return None
 
 
-# ---- heavy computations: one line for the whole server, cached sampling with a progress bar ----
-def in_turn(compute, bar, text: str):
-    """``compute()`` once the server-wide compute gate lets it run; meanwhile ``bar`` says how many are ahead."""
-    gate = compute_gate()
-
-    def waiting(ahead: int) -> None:
-        bar.progress(0.0, text=f"Waiting for your turn: {ahead} computation{'s' if ahead != 1 else ''} ahead of yours "
-                               f"(this server runs {gate.slots} at a time)…")
-
-    with gate.slot(waiting):
-        bar.progress(0.0, text=text)
-        return compute()
+# ---- heavy computations: submitted to the sampling workers, waited for with the visitor's place ------
+def _waiting_text(position: Position, text: str) -> tuple[float, str]:
+    eta = "" if position.eta_s is None else f", about {max(1, round(position.eta_s))} s"
+    if position.running:
+        return position.progress, f"{text} {position.progress:.0%}{eta}"
+    ahead = position.ahead
+    return 0.0, (f"Waiting for your turn: {ahead} request{'s' if ahead != 1 else ''} ahead of yours{eta} "
+                 f"(this server computes {limits().max_compute} at a time, first come first served)…")
 
 
-def _with_progress(cache: ResultCache, key: tuple, text: str, compute):
-    hit = cache.get(key)
-    if hit is not None:
-        return hit
-    bar = st.progress(0.0, text=text)
-    report = lambda done, total: bar.progress(done / total, text=f"{text} {done}/{total}")  # noqa: E731
-    value = cache.get_or_compute(key, lambda: in_turn(lambda: compute(report), bar, text))
+def from_workers(model: ActiveModel, request: SampleRequest, text: str, bar=None):
+    """The result of ``request`` from the sampling workers; meanwhile ``bar`` shows the visitor's place, the ETA and
+    the progress. A failure is shown on the page, which stops there."""
+    checkpoint = model.checkpoint
+    payload = _payload(model.key, checkpoint)
+    request = SampleRequest(request.kind, payload.key, request.spec, request.seed, request.n, request.classes,
+                            request.precision)
+    guided = request.spec.is_guided(model.conditional)
+    work = parameter_count(checkpoint.model_config) * request.spec.num_model_calls(checkpoint.schedule.num_timesteps) \
+        * request.n * (2 if guided else 1)  # proportional to the network's FLOPs: what the ETA scales by
+    bar = bar or st.progress(0.0, text=text)
+
+    def on_wait(position: Position) -> None:
+        bar.progress(*_waiting_text(position, text))
+
+    try:
+        value = sampling_service().run(visitor().id, payload, request, work, on_wait)
+    except (RequestFailed, RequestCancelled) as err:
+        bar.empty()
+        st.error(f"This could not be computed: {err}")
+        st.stop()
     bar.empty()
     return value
+
+
+def _cached(cache: ResultCache, key: tuple, model: ActiveModel, request: SampleRequest, text: str):
+    hit = cache.get(key)
+    if hit is None:
+        hit = from_workers(model, request, text)
+        cache.put(key, hit)
+    return hit
 
 
 def cached_trajectory(model: ActiveModel, spec: SamplingSpec, seed: int, n: int,
                       tissue: Tissue | None = None) -> Trajectory:
     """The whole reverse run, computed once per (model, spec, seed, n, tissue) for the whole server."""
     spec, classes = _request(model, spec, tissue)
-    return _with_progress(caches().trajectories, (model.key, spec, seed, n, classes), "Denoising… step",
-                          lambda cb: trajectory(model.checkpoint.model, model.checkpoint.schedule, n, spec, seed=seed,
-                                                callback=cb, classes=classes))
+    return _cached(caches().trajectories, (model.key, spec, seed, n, classes), model,
+                   SampleRequest("trajectory", model.key, spec, seed, n, classes), "Denoising…")
 
 
 def cached_samples(model: ActiveModel, n: int, seed: int, spec: SamplingSpec | None = None,
@@ -338,9 +363,8 @@ def cached_samples(model: ActiveModel, n: int, seed: int, spec: SamplingSpec | N
     (default: the model's recommended one); ``tissue.tissue`` may also be a list of class indices, one per patch."""
     spec, classes = _request(model, spec, tissue)
     key_classes = tuple(classes) if isinstance(classes, (list, tuple)) else classes
-    return _with_progress(caches().samples, (model.key, spec, seed, n, key_classes), "Sampling… step",
-                          lambda cb: to_hwc_numpy(generate(model.checkpoint.model, model.checkpoint.schedule, n, spec,
-                                                           seed=seed, callback=cb, classes=classes)))
+    return _cached(caches().samples, (model.key, spec, seed, n, key_classes), model,
+                   SampleRequest("samples", model.key, spec, seed, n, key_classes), "Sampling…")
 
 
 # ---- the training job's heartbeat, from whichever page the visitor is on -----------------------

@@ -5,7 +5,7 @@ from ddpm.data import CLASS_NAMES, to_chw_tensor, to_hwc_numpy
 from ddpm.explain import patches_like, pick_patches
 from ddpm.figures import (class_histogram_figure, color_histogram_figure, memorization_figure, metrics_table_figure,
                           ratio_histogram_figure, side_by_side_figure, tissue_rows_figure)
-from pages._shared import (PRIOR, Tissue, cached_samples, caches, evaluation_report, in_turn, keep_training_alive, limits,
+from pages._shared import (PRIOR, Tissue, cached_samples, caches, evaluation_report, keep_training_alive, limits,
                            model_picker, real_images, run_evaluation, show, tissue_encoder, tissue_picker)
 
 PER_TISSUE = 4  # generated and real patches per tissue row
@@ -73,11 +73,5 @@ with st.form("cmp_eval"):
     n = st.slider("Generated patches for a fresh evaluation", 50, cap, min(200, cap), step=50, key="cmp_n")
     submitted = st.form_submit_button("Run a fresh evaluation")
 if submitted:
-    bar = st.progress(0.0, text="Sampling…")
-    try:
-        in_turn(lambda: run_evaluation(model, n, lambda f, msg: bar.progress(f, text=msg.capitalize()), tissue), bar,
-                "Sampling…")
-        st.rerun()
-    except (ImportError, ValueError) as err:
-        bar.empty()
-        st.error(f"The evaluation could not run: {err}")
+    run_evaluation(model, n, tissue, st.progress(0.0, text="Sampling and scoring…"))
+    st.rerun()

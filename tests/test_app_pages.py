@@ -212,8 +212,8 @@ def test_reverse_page_animates_every_step_and_scrubs_without_resampling(monkeypa
     import pages._shared as shared
 
     calls = []
-    real_trajectory = shared.trajectory
-    monkeypatch.setattr(shared, "trajectory", lambda *a, **k: calls.append(a[3:6]) or real_trajectory(*a, **k))
+    real = shared.from_workers
+    monkeypatch.setattr(shared, "from_workers", lambda model, request, *a: calls.append(request) or real(model, request, *a))
     at = open_page("reverse")
     anim = chart(at, "rev_animation")
     assert [t["type"] for t in anim["data"]] == ["image", "image"] and len(anim["frames"]) == T + 1
@@ -233,6 +233,7 @@ def test_reverse_page_animates_every_step_and_scrubs_without_resampling(monkeypa
     n_calls = len(calls)
     at.slider(key="rev_inspect").set_value(4).run()
     assert len(calls) == n_calls  # scrubbing reads the cached trajectory
+    assert {r.kind for r in calls} == {"trajectory"}  # computed by the sampling workers, not the page
 
 
 def test_reverse_page_runs_full_ddpm_and_shares_the_cache_across_visitors(monkeypatch):
@@ -244,7 +245,7 @@ def test_reverse_page_runs_full_ddpm_and_shares_the_cache_across_visitors(monkey
     at = clicked(at, "Generate")
     assert len(chart(at, "rev_animation")["frames"]) == T + 1
     calls = []
-    monkeypatch.setattr(shared, "trajectory", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(shared, "from_workers", lambda *a, **k: calls.append(1))
     other = open_page("reverse")  # another visitor, default settings: served from the shared cache
     assert len(chart(other, "rev_animation")["frames"]) == T + 1 and not calls
 
