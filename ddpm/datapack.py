@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -67,6 +68,8 @@ def write_pack(images_hwc: np.ndarray, labels: np.ndarray, out_dir: str | os.Pat
         raise ValueError(f"{len(labels)} labels for {len(images_hwc)} images")
     if not 0 <= method <= 6:
         raise ValueError(f"WebP method must be in [0, 6], got {method}")
+    if not (math.isfinite(shard_mb) and shard_mb > 0):  # nan would compare False and put everything in one shard
+        raise ValueError(f"shard size must be a finite number of MB > 0, got {shard_mb}")
     per_tile = TILE * TILE
     starts = list(range(0, len(images_hwc), per_tile))
     jobs = [(_to_tile(images_hwc[s:s + per_tile]), method) for s in starts]
