@@ -114,6 +114,26 @@ def test_broken_checkpoint_raises_checkpoint_error_naming_the_file(case, make_ti
     assert str(folder / file_name) in str(err.value)
 
 
+def poison_weights(folder: Path, name: str, value: float) -> None:
+    """Put one non-finite ``value`` into tensor ``name`` of ``folder``'s model.safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / WEIGHTS_NAME))
+    state[name] = state[name].clone()
+    state[name].view(-1)[3] = value
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_weights_holding_nan_or_inf_are_refused_at_load_naming_the_tensor(value, make_tiny_checkpoint, tmp_path):
+    folder, model = make_tiny_checkpoint(tmp_path / "ckpt")
+    name = next(k for k, v in model.state_dict().items() if v.is_floating_point() and v.numel() > 3)
+    poison_weights(folder, name, value)
+    with pytest.raises(CheckpointError, match="NaN or infinite") as err:
+        load_checkpoint(folder)
+    assert f"{folder / WEIGHTS_NAME}: tensor {name!r} holds 1 NaN or infinite value(s)" in str(err.value)
+
+
 def test_a_path_that_is_neither_folder_nor_repo_id_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="neither a checkpoint folder"):
         load_checkpoint(tmp_path / "does" / "not" / "exist")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ddpm.checkpoints import CONFIG_NAME, LOG_NAME, OPTIMIZER_NAME, STATE_CONFIG_NAME, STATE_NAME, WEIGHTS_NAME
@@ -104,6 +105,21 @@ def test_a_corrupt_checkpoint_exits_non_zero_naming_the_file(trained_run, tmp_pa
     (run / WEIGHTS_NAME).write_bytes(b"\0" * 100)
     assert main(["sample", "--checkpoint", str(run), "-n", "1", "--out", str(tmp_path / "s")]) == 2
     assert f"error: {run / WEIGHTS_NAME} is not a readable safetensors file" in capsys.readouterr().err
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_not_sampled_into_black_images(trained_run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    state = load_file(str(run / WEIGHTS_NAME))
+    name = sorted(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)[0]
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(run / WEIGHTS_NAME))
+    assert main(["sample", "--checkpoint", str(run), "-n", "1", "--steps", "2", "--out", str(tmp_path / "s"),
+                 "--device", "cpu"]) == 2
+    assert f"error: {run / WEIGHTS_NAME}: tensor {name!r} holds" in capsys.readouterr().err
     assert not (tmp_path / "s.npz").exists()
 
 
