@@ -31,6 +31,9 @@ STATE_NAME = "training_state.safetensors"
 STATE_CONFIG_NAME = "training_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"  # Adam moments: large, not shipped; resume works without them
 LOG_NAME = "training_log.csv"
+#: what `push` publishes: the files of a checkpoint folder itself (top level, by name), never anything else in it; the
+#: resumable state stays local (the model card is README.md; evaluation.json/.png are written by `ddpm evaluate`)
+PUBLISHED_NAMES = (CONFIG_NAME, WEIGHTS_NAME, LOG_NAME, "README.md", "evaluation.json", "evaluation.png")
 REQUIRED_KEYS = ("format_version", "model", "schedule")
 OPTIONAL_KEYS = ("library", "preset", "training", "weights_dtype", "description", "data", "init_from", "class_names",
                  "sampling")
@@ -327,16 +330,18 @@ def load_checkpoint(source: str | os.PathLike | None = None, revision: str | Non
     return ckpt
 
 
-def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
+def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = True,
                 commit_message: str = "Upload ddpm checkpoint") -> str:
-    """Create ``repo_id`` on the Hub if needed and upload the checkpoint folder; returns the commit URL."""
-    from huggingface_hub import HfApi
+    """Create ``repo_id`` on the Hub if needed (private unless ``private=False``; an existing repo keeps its
+    visibility) and upload the checkpoint's own files (``PUBLISHED_NAMES`` that are in ``folder``, nothing in its
+    subfolders) as one commit; returns the commit URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     folder = Path(folder)
     read_config(folder)  # refuse to publish a folder that would not load
+    names = [name for name in PUBLISHED_NAMES if (folder / name).is_file()]
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                             allow_patterns=["*.safetensors", "*.json", "*.csv", "*.png", "*.md"],
-                             ignore_patterns=[STATE_NAME, STATE_CONFIG_NAME, OPTIMIZER_NAME])
+    info = api.create_commit(repo_id, [CommitOperationAdd(name, str(folder / name)) for name in names],
+                             commit_message=commit_message, repo_type="model")
     return str(getattr(info, "commit_url", info))

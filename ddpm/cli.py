@@ -117,13 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     add_train_encoder_parser(sub)
     p = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub", formatter_class=HelpFormatter,
-                       description="Write the model card (README.md) into the folder and upload it; pin the commit "
+                       description="Write the model card (README.md) into the folder and upload the checkpoint's own "
+                                   "files (config.json, model.safetensors, training_log.csv, README.md, evaluation.json "
+                                   "and .png; nothing else in the folder, nothing in its subfolders); pin the commit "
                                    "it prints in ddpm.checkpoints.HUB_REPOS to serve it.",
-                       epilog=examples("python -m ddpm push checkpoints/default --repo-id you/ddpm-pathmnist",
-                                        "python -m ddpm push runs/mine --repo-id you/test --private"))
+                       epilog=examples("python -m ddpm push checkpoints/default --repo-id you/ddpm-pathmnist --public",
+                                        "python -m ddpm push runs/mine --repo-id you/test"))
     p.add_argument("folder", help="checkpoint folder (config.json + model.safetensors)")
     p.add_argument("--repo-id", required=True, help="Hub model repo, owner/name (created if needed)")
-    p.add_argument("--private", action="store_true", help="create the repo private")
+    visibility = p.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="public", action="store_false",
+                            help="create the repo private (the default; an existing repo keeps its visibility)")
+    visibility.add_argument("--public", dest="public", action="store_true",
+                            help="create the repo public, readable by anyone (default: private)")
+    p.set_defaults(public=False)
     p.add_argument("--token", help="Hub token (default: the one huggingface-cli login stored)")
     return parser
 
@@ -373,7 +380,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     from .model_card import write_model_card
 
     print(f"wrote {write_model_card(args.folder, args.repo_id)}", file=sys.stderr)
-    print(push_to_hub(args.folder, args.repo_id, token=args.token, private=args.private))
+    print(push_to_hub(args.folder, args.repo_id, token=args.token, private=not args.public))
     return 0
 
 

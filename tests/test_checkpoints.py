@@ -329,6 +329,29 @@ def test_push_to_hub_uploads_the_checkpoint_without_training_state_and_it_loads_
     assert fake_hub.repos["me/pushed"][WEIGHTS_NAME] == (folder / WEIGHTS_NAME).read_bytes()
 
 
+def test_push_uploads_only_the_checkpoints_own_top_level_files(fake_hub, make_tiny_checkpoint, tmp_path):
+    from ddpm.checkpoints import LOG_NAME, PUBLISHED_NAMES, push_to_hub
+
+    folder, _ = make_tiny_checkpoint(tmp_path / "run")
+    (folder / LOG_NAME).write_text("step,loss\n1,0.5\n")
+    for stray in ("notes/credentials.json", "sub/model.safetensors", "old/config.json", "secrets.json", "x.png",
+                  "draft.md", ".env"):
+        (folder / stray).parent.mkdir(parents=True, exist_ok=True)
+        (folder / stray).write_text('{"token": "hf_secret"}')
+    push_to_hub(folder, "me/pushed", token="hf_test")
+    assert sorted(fake_hub.repos["me/pushed"]) == sorted([CONFIG_NAME, LOG_NAME, WEIGHTS_NAME])
+    assert set(PUBLISHED_NAMES) >= {CONFIG_NAME, WEIGHTS_NAME, LOG_NAME, "README.md", "evaluation.json"}
+
+
+def test_push_creates_a_private_repo_unless_asked_for_a_public_one(fake_hub, make_tiny_checkpoint, tmp_path):
+    from ddpm.checkpoints import push_to_hub
+
+    folder, _ = make_tiny_checkpoint(tmp_path / "run")
+    push_to_hub(folder, "me/quiet", token="hf_test")
+    push_to_hub(folder, "me/open", token="hf_test", private=False)
+    assert fake_hub.private == {"me/quiet": True, "me/open": False}
+
+
 def test_push_to_hub_refuses_a_folder_that_would_not_load(fake_hub, tmp_path):
     from ddpm.checkpoints import push_to_hub
 
