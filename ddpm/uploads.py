@@ -43,7 +43,7 @@ def _from_zip(data: bytes, max_bytes: int) -> dict[str, bytes]:
     return found
 
 
-def _short(err: BaseException, limit: int = 300) -> str:
+def _short(err: BaseException, limit: int = 600) -> str:
     """An error's message cut to ``limit`` characters: a hostile file must not fill the page with its own text."""
     text = str(err) or type(err).__name__
     return text if len(text) <= limit else text[:limit] + "…"
