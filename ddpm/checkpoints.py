@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .limits import check_checkpoint_config
+from .limits import MAX_CLASSES, check_checkpoint_config
 from .sampling_spec import SamplingSpec
 from .schedules import NoiseSchedule, ScheduleConfig
 from .unet import UNetConfig, build_unet, state_dict_mismatch
@@ -32,9 +32,17 @@ STATE_NAME = "training_state.safetensors"
 STATE_CONFIG_NAME = "training_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"  # Adam moments: large, not shipped; resume works without them
 LOG_NAME = "training_log.csv"
+#: what `push` publishes: the files of a checkpoint folder itself (top level, by name), never anything else in it; the
+#: resumable state stays local (the model card is README.md; evaluation.json/.png are written by `ddpm evaluate`)
+PUBLISHED_NAMES = (CONFIG_NAME, WEIGHTS_NAME, LOG_NAME, "README.md", "evaluation.json", "evaluation.png")
 REQUIRED_KEYS = ("format_version", "model", "schedule")
 OPTIONAL_KEYS = ("library", "preset", "training", "weights_dtype", "description", "data", "init_from", "class_names",
                  "sampling")
+TEXT_KEYS = ("library", "preset", "weights_dtype", "description", "data", "init_from")  # free text, shown as written
+MAX_TEXT = 2000  # characters of one text entry: a data source or a lineage note, not a file's worth
+#: facts in the "training" section that are read as counts (shown with thousands separators, used as sizes)
+TRAINING_COUNTS = ("steps", "max_steps", "batch_size", "warmup_steps", "seed", "images_seen", "world_size",
+                   "effective_batch", "num_train_images", "parameters")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DIR = REPO_ROOT / "checkpoints"
 DEFAULT_MODEL = "default"
@@ -138,19 +146,54 @@ def read_config(folder: Path) -> dict[str, Any]:
                               "Re-download the checkpoint or save it again with ddpm.")
     try:
         config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); the file is corrupt: re-download or re-save it.") from err
+    except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, an integer of 5,000 digits, nesting too deep
+        reason = "nested too deeply" if isinstance(err, RecursionError) else f"{err}"[:200]
+        raise CheckpointError(f"{path} is not valid JSON ({reason}); the file is corrupt: re-download or re-save it.") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object, found {type(config).__name__}.")
     missing = [k for k in REQUIRED_KEYS if k not in config]
-    unknown = sorted(set(config) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+    unknown = [k[:40] for k in sorted(set(config) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))[:5]]  # named, not echoed
     if missing or unknown:
         raise CheckpointError(f"{path}: missing keys {missing}, unknown keys {unknown}; expected {list(REQUIRED_KEYS)} "
                               f"and optionally {list(OPTIONAL_KEYS)}. Was it written by another tool or a newer ddpm?")
     if config["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {config['format_version']} is not supported (this ddpm reads "
-                              f"{FORMAT_VERSION}); upgrade ddpm or re-save the checkpoint.")
+        raise CheckpointError(f"{path}: format_version {config['format_version']!r:.40} is not supported (this ddpm "
+                              f"reads {FORMAT_VERSION}); upgrade ddpm or re-save the checkpoint.")
+    problems = optional_section_problems(config)
+    if problems:
+        raise CheckpointError(f"{path}: {'; '.join(problems[:3])}{'; …' if len(problems) > 3 else ''}. Was it written "
+                              "by another tool, or edited by hand?")
     return config
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= MAX_TEXT)
+
+
+def optional_section_problems(config: dict[str, Any]) -> list[str]:
+    """What is wrong with the optional sections the app and the model card show (the "sampling" section is checked
+    with the model's): text that is not text or is too long, a "training" section that is not an object of plain
+    values, class names that are not a list of names. Every value is described, never echoed."""
+    problems = [f'"{k}" must be text of at most {MAX_TEXT} characters, got {type(config[k]).__name__}'
+                + (f" of {len(config[k]):,} characters" if isinstance(config[k], str) else "")
+                for k in TEXT_KEYS if k in config and not (isinstance(config[k], str) and len(config[k]) <= MAX_TEXT)]
+    training = config.get("training", {})
+    if not isinstance(training, dict):
+        problems.append(f'"training" must be an object, got {type(training).__name__}')
+    else:
+        problems += [f'"training.{k:.40}" must be a number, text of at most {MAX_TEXT} characters, true/false or null, '
+                     f"got {type(v).__name__}" for k, v in training.items() if not _is_scalar(v)]
+        problems += [f'"training.{k}" must be a whole number ≥ 0, got {v!r:.40}' for k, v in training.items()
+                     if k in TRAINING_COUNTS and not _is_count(v)]
+    names = config.get("class_names", [])
+    if not (isinstance(names, list) and len(names) <= MAX_CLASSES
+            and all(isinstance(n, str) and 0 < len(n) <= 100 for n in names)):
+        problems.append(f'"class_names" must be a list of at most {MAX_CLASSES} names of 1 to 100 characters')
+    return problems
 
 
 def configs_from(config: dict[str, Any], path: Path) -> tuple[UNetConfig, ScheduleConfig]:
@@ -187,6 +230,14 @@ def load_state_dict_checked(model: nn.Module, path: Path) -> None:
             f"wrong shapes {wrong[:3]}{'…' if len(wrong) > 3 else ''}" if wrong else ""]))
         raise CheckpointError(f"{path} does not match the network in {path.parent / CONFIG_NAME} ({details}). "
                               "The weights and config come from different models: use the config.json saved with these weights.")
+    broken = [(k, int((~torch.isfinite(v)).sum())) for k, v in state.items()
+              if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:  # NaN weights sample black images without a word: refuse them here, where the file is known
+        k, count = broken[0]
+        more = f" (and {len(broken) - 1} more tensor(s))" if len(broken) > 1 else ""
+        raise CheckpointError(f"{path}: tensor {k!r} holds {count} NaN or infinite value(s){more}; these weights cannot "
+                              "sample. The run that wrote them diverged or the file is damaged: use an earlier "
+                              "checkpoint or retrain.")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
@@ -291,16 +342,18 @@ def load_checkpoint(source: str | os.PathLike | None = None, revision: str | Non
     return ckpt
 
 
-def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
+def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = True,
                 commit_message: str = "Upload ddpm checkpoint") -> str:
-    """Create ``repo_id`` on the Hub if needed and upload the checkpoint folder; returns the commit URL."""
-    from huggingface_hub import HfApi
+    """Create ``repo_id`` on the Hub if needed (private unless ``private=False``; an existing repo keeps its
+    visibility) and upload the checkpoint's own files (``PUBLISHED_NAMES`` that are in ``folder``, nothing in its
+    subfolders) as one commit; returns the commit URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     folder = Path(folder)
     read_config(folder)  # refuse to publish a folder that would not load
+    names = [name for name in PUBLISHED_NAMES if (folder / name).is_file()]
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                             allow_patterns=["*.safetensors", "*.json", "*.csv", "*.png", "*.md"],
-                             ignore_patterns=[STATE_NAME, STATE_CONFIG_NAME, OPTIMIZER_NAME])
+    info = api.create_commit(repo_id, [CommitOperationAdd(name, str(folder / name)) for name in names],
+                             commit_message=commit_message, repo_type="model")
     return str(getattr(info, "commit_url", info))

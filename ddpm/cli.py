@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .cli_options import (PRECISIONS, PRESET_NAMES, HelpFormatter, add_reproducibility, add_sampling_options, examples,
-                          say_precision, writable_folder)
+from .cli_options import (PRECISIONS, PRESET_NAMES, HelpFormatter, add_reproducibility, add_sampling_options, device_name,
+                          examples, finite_positive_float, positive_int, say_precision, seed_int, writable_folder)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -25,10 +26,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=PRESET_NAMES, help="network, schedule and training recipe (default: small)")
     p.add_argument("--out", required=True, help="output folder for the checkpoint, state and loss log")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="total optimizer steps (default: the preset's)")
-    length.add_argument("--epochs", type=float, help="total epochs over the training split, whatever the number of ranks")
-    p.add_argument("--batch-size", type=int, help="images per step and rank (default: the preset's)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    length.add_argument("--steps", type=positive_int, help="total optimizer steps (default: the preset's)")
+    length.add_argument("--epochs", type=finite_positive_float, help="total epochs over the training split, whatever the number of ranks")
+    p.add_argument("--batch-size", type=positive_int, help="images per step and rank (default: the preset's)")
+    p.add_argument("--lr", type=finite_positive_float, help="peak learning rate (default: the preset's)")
     p.add_argument("--schedule", choices=["linear", "cosine"], help="noise schedule kind (default: the preset's)")
     p.add_argument("--timesteps", type=int, help="T, the number of diffusion steps, 2 to 1000 (default: the preset's)")
     p.add_argument("--zero-terminal-snr", choices=["on", "off"], help="rescale the schedule to SNR(T) = 0 (default: the preset's)")
@@ -37,10 +38,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="folder with pathmnist.npz (default: $DDPM_DATA_DIR, else ~/.medmnist)")
     p.add_argument("--size", type=int, choices=[28, 64, 128, 224], help="MedMNIST+ image size (default: 28)")
     p.add_argument("--subset", action="store_true", help="train on the bundled subset (no download needed)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--device", default="auto", type=device_name, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--seed", type=int, help="seed of the initial weights, data order and noise (default: the preset's)")
+    p.add_argument("--seed", type=seed_int, help="seed of the initial weights, data order and noise (default: the preset's)")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue the run saved in --out; flags that contradict "
                        "its config.json, and other data than it trained on, are refused")
@@ -49,7 +50,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-data-change", action="store_true", help="with --resume: go on although the data (--subset / "
                    "--data-dir) is not what the run trained on")
     p.add_argument("--init-from", help="start from these weights (folder, shipped name or Hub repo id) of the same architecture")
-    p.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints (default: 300)")
+    p.add_argument("--checkpoint-every", type=finite_positive_float, help="seconds between checkpoints (default: 300)")
     p.add_argument("--num-classes", type=int, help="train a tissue-conditional model with this many classes "
                    "(9 for PathMNIST; default: the preset's); with --init-from an unconditional checkpoint, its "
                    "weights are kept and the class embedding starts at zero")
@@ -57,7 +58,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-decay", choices=["none", "cosine"], help="learning-rate decay after warm-up (default: the preset's)")
     p.add_argument("--warmup-steps", type=int, help="learning-rate warm-up steps (default: the preset's)")
     p.add_argument("--ema-decay", type=float, help="EMA decay of the sampling weights (default: the preset's)")
-    p.add_argument("--max-minutes", type=float, help="stop, save and exit after this many minutes of training (default: no limit)")
+    p.add_argument("--max-minutes", type=finite_positive_float, help="stop, save and exit after this many minutes of training (default: no limit)")
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -73,9 +74,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    "(default: the shipped default model)")
     add_sampling_options(p)
     p.add_argument("-n", type=int, default=64, help="number of images")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise and of every sampler draw")
-    p.add_argument("--batch-size", type=int, help="images per network call (default 128 on CPU, 512 on GPU)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the initial noise and of every sampler draw")
+    p.add_argument("--batch-size", type=positive_int, help="images per network call (default 128 on CPU, 512 on GPU)")
+    p.add_argument("--device", default="auto", type=device_name, help="auto | cpu | cuda | cuda:N")
     add_reproducibility(p)
     p.add_argument("--out", default="samples", help="output path without extension (FILE -> FILE.npz, FILE.png)")
 
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the manifest and shards")
     p.add_argument("--data-dir", help="folder with pathmnist.npz (default: $DDPM_DATA_DIR, else ~/.medmnist)")
     p.add_argument("--split", default="train", choices=["train", "val", "test"], help="which split to pack")
-    p.add_argument("--shard-mb", type=float, default=40.0, help="largest shard in MB")
+    p.add_argument("--shard-mb", type=finite_positive_float, default=40.0, help="largest shard in MB")
     p.add_argument("--method", type=int, default=4, choices=range(7), metavar="0-6",
                    help="WebP effort, always lossless (4: 1.27 KB a patch; 6 is 10x slower for 1%% less)")
     p = sub.add_parser("download", help="download PathMNIST with medmnist (needs internet)", formatter_class=HelpFormatter,
@@ -123,13 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     add_train_encoder_parser(sub)
     p = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub", formatter_class=HelpFormatter,
-                       description="Write the model card (README.md) into the folder and upload it; pin the commit "
+                       description="Write the model card (README.md) into the folder and upload the checkpoint's own "
+                                   "files (config.json, model.safetensors, training_log.csv, README.md, evaluation.json "
+                                   "and .png; nothing else in the folder, nothing in its subfolders); pin the commit "
                                    "it prints in ddpm.checkpoints.HUB_REPOS to serve it.",
-                       epilog=examples("python -m ddpm push checkpoints/default --repo-id you/ddpm-pathmnist",
-                                        "python -m ddpm push runs/mine --repo-id you/test --private"))
+                       epilog=examples("python -m ddpm push checkpoints/default --repo-id you/ddpm-pathmnist --public",
+                                        "python -m ddpm push runs/mine --repo-id you/test"))
     p.add_argument("folder", help="checkpoint folder (config.json + model.safetensors)")
     p.add_argument("--repo-id", required=True, help="Hub model repo, owner/name (created if needed)")
-    p.add_argument("--private", action="store_true", help="create the repo private")
+    visibility = p.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="public", action="store_false",
+                            help="create the repo private (the default; an existing repo keeps its visibility)")
+    visibility.add_argument("--public", dest="public", action="store_true",
+                            help="create the repo public, readable by anyone (default: private)")
+    p.set_defaults(public=False)
     p.add_argument("--token", help="Hub token (default: the one huggingface-cli login stored)")
     return parser
 
@@ -150,6 +158,8 @@ def init_distributed(device: str) -> None:
 
 def steps_for_epochs(epochs: float, num_images: int, batch_size: int, world_size: int) -> int:
     """Optimizer steps for ``epochs`` passes over the data when ``world_size`` ranks each take ``batch_size`` a step."""
+    if not (math.isfinite(epochs) and epochs > 0):  # round(inf) overflows; 0 epochs would train one step
+        raise ValueError(f"--epochs must be a finite number > 0, got {epochs}")
     per_epoch = num_images // (batch_size * world_size)
     if per_epoch < 1:
         raise ValueError(f"{num_images} images cannot fill one step of {batch_size} × {world_size} rank(s); lower --batch-size")
@@ -388,7 +398,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     from .model_card import write_model_card
 
     print(f"wrote {write_model_card(args.folder, args.repo_id)}", file=sys.stderr)
-    print(push_to_hub(args.folder, args.repo_id, token=args.token, private=args.private))
+    print(push_to_hub(args.folder, args.repo_id, token=args.token, private=not args.public))
     return 0
 
 

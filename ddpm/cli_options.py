@@ -5,6 +5,8 @@ Nothing here imports torch at module level, so that ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -12,6 +14,48 @@ from pathlib import Path
 PRESET_NAMES = ("seed", "small", "large", "gpu")  # ddpm.presets.PRESETS, named here so that --help imports no torch
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp")  # ddpm.samplers.SAMPLERS
 PRECISIONS = ("auto", "bf16", "fp32")
+MAX_SEED = 2**32 - 1  # NumPy's seed range; the trainer's derived seeds (seed · 1,000,003 + epoch) stay within torch's
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+# ---- argparse types: each option's bound lives here, and a value outside it is a usage error (exit 2) -------------
+def _whole_number(text: str, low: int, high: int | None) -> int:
+    allowed = f"a whole number from {low} to {high}" if high is not None else f"a whole number ≥ {low}"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number ≥ 1 (threads, epochs of the encoder)."""
+    return _whole_number(text, 1, None)
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed, a whole number from 0 to MAX_SEED."""
+    return _whole_number(text, 0, MAX_SEED)
+
+
+def finite_positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (epochs, minutes, seconds, megabytes); nan, inf and 0 are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """argparse type: auto, cpu, cuda or cuda:N (checked without importing torch)."""
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -31,7 +75,7 @@ def examples(*lines: str) -> str:
 def add_reproducibility(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network precision: fp32 gives the same "
                    "images on any CPU; bf16 (or auto: bf16 where the hardware has it) is faster and differs in the last bits")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 FORMAT = "ddpm-pathmnist-pack"
 VERSION = 1
 TILE = 20  # patches per tile side: 400 patches per WebP image
+NUM_CLASSES = 9  # PathMNIST's tissues (ddpm.data.CLASS_NAMES; named here so that reading needs no torch)
 
 
 def manifest_name(split: str, size: int = 28) -> str:
@@ -67,6 +69,8 @@ def write_pack(images_hwc: np.ndarray, labels: np.ndarray, out_dir: str | os.Pat
         raise ValueError(f"{len(labels)} labels for {len(images_hwc)} images")
     if not 0 <= method <= 6:
         raise ValueError(f"WebP method must be in [0, 6], got {method}")
+    if not (math.isfinite(shard_mb) and shard_mb > 0):  # nan would compare False and put everything in one shard
+        raise ValueError(f"shard size must be a finite number of MB > 0, got {shard_mb}")
     per_tile = TILE * TILE
     starts = list(range(0, len(images_hwc), per_tile))
     jobs = [(_to_tile(images_hwc[s:s + per_tile]), method) for s in starts]
@@ -111,42 +115,101 @@ def read_pack(root: str | os.PathLike, split: str = "train", size: int = 28) -> 
     """(images (N, H, W, 3) uint8, labels (N,) int64, description) from every shard present in ``root``.
 
     A shard that is absent is skipped (and the description says so); a shard whose md5 does not match
-    the manifest is an error, never silently used.
+    the manifest is an error, never silently used. Nothing in the manifest or a shard is trusted: shard files are
+    plain names inside ``root``, counts agree with each other and with what decodes, labels are tissues 0-8, and a
+    tile's header must give the size a tile of this pack has before it is decoded.
     """
     root = Path(root)
-    manifest = json.loads((root / manifest_name(split, size)).read_text())
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ValueError(f"{root / manifest_name(split, size)} is not a version-{VERSION} {FORMAT} manifest")
+    path = root / manifest_name(split, size)
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path} is not a readable manifest ({type(err).__name__}); copy the pack again") from None
+    shards = _checked_manifest(manifest, path, split, size)
     images, labels, present = [], [], []
-    for shard in manifest["shards"]:
+    for shard in shards:
         path = root / shard["file"]
         if not path.is_file():
             continue
+        if path.stat().st_size != shard["bytes"]:
+            raise ValueError(f"{path} is corrupt (its size differs from the manifest); copy it again")
         payload = path.read_bytes()
         if hashlib.md5(payload).hexdigest() != shard["md5"]:
             raise ValueError(f"{path} is corrupt (md5 differs from the manifest); copy it again")
-        imgs, labs = _decode_shard(payload)
+        try:
+            imgs, labs = _decode_shard(payload, shard["count"], size)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}; the pack was not written by `python -m ddpm pack-data`, or is damaged") from None
         images.append(imgs)
         labels.append(labs)
         present.append(shard)
     if not present:
-        raise FileNotFoundError(f"{root} holds the manifest of the {split} pack but none of its {len(manifest['shards'])} shards")
+        raise FileNotFoundError(f"{root} holds the manifest of the {split} pack but none of its {len(shards)} shards")
     n = sum(s["count"] for s in present)
-    note = "" if len(present) == len(manifest["shards"]) else f", {len(present)} of {len(manifest['shards'])} shards"
+    note = "" if len(present) == len(shards) else f", {len(present)} of {len(shards)} shards"
     desc = f"PathMNIST {split} split ({n:,} of {manifest['count']:,} patches, lossless pack{note})"
     return np.concatenate(images), np.concatenate(labels), desc
 
 
-def _decode_shard(payload: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _checked_manifest(manifest, path: Path, split: str, size: int) -> list[dict]:
+    """The manifest's shards, once the manifest is known to describe this split and size consistently."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ValueError(f"{path} is not a version-{VERSION} {FORMAT} manifest")
+    shards = manifest.get("shards")
+    fields = {"file": str, "first": int, "count": int, "bytes": int, "md5": str}
+    if (manifest.get("split") != split or manifest.get("image_size") != size or manifest.get("tile") != TILE
+            or not _is_count(manifest.get("count")) or not isinstance(shards, list)
+            or not all(isinstance(s, dict) and all(isinstance(s.get(k), t) for k, t in fields.items()) for s in shards)):
+        raise ValueError(f"{path} does not describe a {split} pack of {size}×{size} patches in tiles of {TILE}×{TILE} "
+                         "(split, image_size, tile, count or a shard's file, first, count, bytes, md5 is wrong)")
+    first = 0
+    for s in shards:
+        name = s["file"]
+        if Path(name).name != name or name in ("", ".", "..") or "\\" in name:  # a file of this folder, nothing else
+            raise ValueError(f"{path} names a shard outside its folder ({name[:80]!r}); a pack's shards are files "
+                             "beside its manifest")
+        if s["first"] != first or s["count"] < 1 or s["bytes"] < 0:
+            raise ValueError(f"{path}: shard {name} starts at {s['first']} with {s['count']} patches; the shards must "
+                             f"cover the patches in order (this one should start at {first})")
+        first += s["count"]
+    if first != manifest["count"]:
+        raise ValueError(f"{path} counts {manifest['count']:,} patches but its shards hold {first:,}")
+    return shards
+
+
+def _decode_shard(payload: bytes, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The shard's (count, size, size, 3) patches and (count,) labels; a ValueError when anything disagrees."""
     from PIL import Image
 
     with np.load(io.BytesIO(payload), allow_pickle=False) as f:
-        tiles, offsets, labels = f["tiles"], f["offsets"], f["labels"].astype(np.int64)
-        count, h = int(f["count"]), int(f["image_size"])
+        tiles, offsets, labels = f["tiles"], f["offsets"].astype(np.int64), f["labels"].astype(np.int64)
+        stored = (int(f["count"]), int(f["image_size"]))
+    if stored != (count, size):
+        raise ValueError(f"it holds {stored[0]} patches of {stored[1]} px where the manifest says {count} of {size} px")
+    if len(labels) != count or (count and not (0 <= labels.min() and labels.max() < NUM_CLASSES)):
+        raise ValueError(f"it needs {count} labels in 0-{NUM_CLASSES - 1} and has {len(labels)} "
+                         f"in {labels.min() if len(labels) else '-'}-{labels.max() if len(labels) else '-'}")
+    per_tile = TILE * TILE
+    if (len(offsets) != -(-count // per_tile) + 1 or offsets[0] != 0 or offsets[-1] != len(tiles)
+            or np.any(np.diff(offsets) <= 0)):
+        raise ValueError(f"its tile offsets do not cut {len(tiles):,} bytes into the {-(-count // per_tile)} tiles "
+                         f"that {count} patches need")
+    side = TILE * size  # every tile, the last one zero-padded, is exactly this wide and high
     out = []
     for i in range(len(offsets) - 1):
-        tile = np.asarray(Image.open(io.BytesIO(tiles[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
-        out.append(_from_tile(tile, min(TILE * TILE, count - i * TILE * TILE), h))
+        try:
+            im = Image.open(io.BytesIO(tiles[offsets[i]:offsets[i + 1]].tobytes()), formats=["WEBP"])
+        except Image.DecompressionBombError as err:  # over twice Pillow's own limit: refused by Pillow as it opens
+            raise ValueError(f"tile {i} is far larger than a tile of this pack ({side}×{side}): {err}") from None
+        with im:
+            if im.size != (side, side):  # read from the header: a bomb is refused before it is decoded
+                raise ValueError(f"tile {i} is {im.size[0]}×{im.size[1]} px where a tile of this pack is {side}×{side}")
+            tile = np.asarray(im.convert("RGB"))
+        out.append(_from_tile(tile, min(per_tile, count - i * per_tile), size))
     return np.concatenate(out), labels
 
 

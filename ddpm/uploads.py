@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from . import checkpoints as ckpt
@@ -32,8 +33,20 @@ def _from_zip(data: bytes, max_bytes: int) -> dict[str, bytes]:
             if info.file_size > max_bytes:
                 raise ckpt.CheckpointError(f"{name} in the zip is {info.file_size / 1e6:.0f} MB unpacked; "
                                            f"the limit is {max_bytes / 1e6:.0f} MB")
-            found[name] = zf.read(info)
+            try:
+                found[name] = zf.read(info)
+            except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError) as err:
+                # bad CRC or deflate stream, a compression method zipfile lacks, a password, a truncated entry
+                raise ckpt.CheckpointError(f"{name} in the zip cannot be unpacked ({_short(err)}); the zip is damaged, "
+                                           "encrypted or compressed in a way this app does not read: make it again "
+                                           "without a password (stored or deflate), or upload the two files") from None
     return found
+
+
+def _short(err: BaseException, limit: int = 600) -> str:
+    """An error's message cut to ``limit`` characters: a hostile file must not fill the page with its own text."""
+    text = str(err) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def collect_upload(files: list[tuple[str, bytes]], max_bytes: int = MAX_UPLOAD_BYTES) -> dict[str, bytes]:
@@ -61,8 +74,18 @@ def load_upload(files: list[tuple[str, bytes]], image_size: int = 28, channels: 
                 max_bytes: int = MAX_UPLOAD_BYTES) -> ckpt.Checkpoint:
     """A Checkpoint from uploaded files, for a network of ``channels`` × ``image_size``² images.
 
-    Raises CheckpointError (with what was wrong) for a corrupt, oversize, incomplete or mismatched upload.
+    Raises CheckpointError (with what was wrong) for a corrupt, oversize, incomplete or mismatched upload, and for
+    anything else that goes wrong while reading it: every failure of an upload is one message.
     """
+    try:
+        return _load_upload(files, image_size, channels, max_bytes)
+    except ckpt.CheckpointError as err:
+        raise ckpt.CheckpointError(_short(err)) from None
+    except Exception as err:  # noqa: BLE001  (a file from anyone: whatever it breaks is reported, not a traceback)
+        raise ckpt.CheckpointError(f"the upload cannot be read ({type(err).__name__}: {_short(err)})") from None
+
+
+def _load_upload(files: list[tuple[str, bytes]], image_size: int, channels: int, max_bytes: int) -> ckpt.Checkpoint:
     found = collect_upload(files, max_bytes)
     with tempfile.TemporaryDirectory(prefix="ddpm-upload-") as tmp:
         for name, data in found.items():
@@ -74,7 +97,8 @@ def load_upload(files: list[tuple[str, bytes]], image_size: int = 28, channels: 
                 raise ckpt.CheckpointError(f"the uploaded model makes {model_cfg.in_channels}×{size}×{size} images; "
                                            f"this app shows PathMNIST at {channels}×{image_size}×{image_size}")
             loaded = ckpt.load_local(tmp, source="your uploaded checkpoint")
-        except ckpt.CheckpointError as err:  # name the upload, not the temporary folder
-            raise ckpt.CheckpointError(str(err).replace(f"{tmp}/", "uploaded ").replace(tmp, "the upload")) from None
+        except Exception as err:  # noqa: BLE001  (see load_upload); name the upload, not the temporary folder
+            text = str(err) if isinstance(err, ValueError) else f"the upload cannot be read ({type(err).__name__}: {err})"
+            raise ckpt.CheckpointError(text.replace(f"{tmp}/", "uploaded ").replace(tmp, "the upload")) from None
     loaded.path = None  # the temporary folder is gone
     return loaded

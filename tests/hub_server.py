@@ -73,6 +73,7 @@ class FakeHub:
         self.repos: dict[str, dict[str, bytes]] = {}  # the main revision's files
         self.snapshots: dict[str, dict[str, dict[str, bytes]]] = {}  # repo -> commit -> files, every commit kept
         self.tags: dict[tuple[str, str], str] = {}  # (repo, tag) -> commit
+        self.private: dict[str, bool] = {}  # repo -> created private (the request's visibility, or its older private flag)
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
         self.routes: list[tuple[str, re.Pattern, Handler]] = []
         self._server: ThreadingHTTPServer | None = None
@@ -149,6 +150,7 @@ class FakeHub:
             message = f"You already created this model repo: {repo_id}"
             return Response.json({"error": message, "url": f"{self.url}/{repo_id}"}, 409, {"X-Error-Message": message})
         self.add_repo(repo_id)
+        self.private[repo_id] = body.get("visibility", "private" if body.get("private") else "public") != "public"
         return Response.json({"url": f"{self.url}/{repo_id}", "name": repo_id})
 
     def _preupload(self, request: Request, m: re.Match) -> Response:

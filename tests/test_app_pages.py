@@ -262,6 +262,33 @@ def test_an_uploaded_checkpoint_is_checked_then_used(model_dir):
     assert "your uploaded checkpoint" in texts(at, "caption") and at.session_state["model_name"] == "upload"
 
 
+def test_any_failing_upload_is_one_message_on_the_page_never_a_traceback(model_dir):
+    from safetensors.torch import load, save
+    from test_uploads import bad_crc, patch_headers, zipped
+
+    files = {name: (model_dir / name).read_bytes() for name in ("config.json", "model.safetensors")}
+    config = json.loads(files["config.json"])
+    state = load(files["model.safetensors"])
+    nan_weights = save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()})
+    uploads = {
+        "bad-crc.zip": (bad_crc(files), "Bad CRC-32"),
+        "encrypted.zip": (patch_headers(zipped(files), flags=0x1), "encrypted"),
+        "nested.zip": (zipped({**files, "config.json": b"[" * 100_000 + b"]" * 100_000}), "nested too deeply"),
+        "training.zip": (zipped({**files, "config.json": json.dumps({**config, "training": "x"}).encode()}),
+                         '"training" must be an object'),
+        "huge.zip": (zipped({**files, "config.json": json.dumps({**config, "data": "A" * 5_000_000}).encode()}),
+                     '"data" must be text of at most'),
+        "nan.zip": (zipped({**files, "model.safetensors": nan_weights}), "NaN or infinite"),
+    }
+    at = open_page()  # Home: it also describes the model in use from its config's optional sections
+    for name, (data, detail) in uploads.items():
+        at.file_uploader(key="model_upload").set_value((name, data, "application/zip")).run()
+        assert not at.exception, (name, [e.value for e in at.exception])
+        errors = [str(e.value) for e in at.error]
+        assert len(errors) == 1 and errors[0].startswith("This upload cannot be used: ") and detail in errors[0], name
+        assert "Checkpoint loaded" not in texts(at, "success") and "uploaded_model" not in at.session_state
+
+
 # ---- Train --------------------------------------------------------------------------------------
 def _wait_for_job(job_id: str, timeout: float = 120) -> None:
     import pages._shared as shared

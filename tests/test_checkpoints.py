@@ -114,6 +114,26 @@ def test_broken_checkpoint_raises_checkpoint_error_naming_the_file(case, make_ti
     assert str(folder / file_name) in str(err.value)
 
 
+def poison_weights(folder: Path, name: str, value: float) -> None:
+    """Put one non-finite ``value`` into tensor ``name`` of ``folder``'s model.safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / WEIGHTS_NAME))
+    state[name] = state[name].clone()
+    state[name].view(-1)[3] = value
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_weights_holding_nan_or_inf_are_refused_at_load_naming_the_tensor(value, make_tiny_checkpoint, tmp_path):
+    folder, model = make_tiny_checkpoint(tmp_path / "ckpt")
+    name = next(k for k, v in model.state_dict().items() if v.is_floating_point() and v.numel() > 3)
+    poison_weights(folder, name, value)
+    with pytest.raises(CheckpointError, match="NaN or infinite") as err:
+        load_checkpoint(folder)
+    assert f"{folder / WEIGHTS_NAME}: tensor {name!r} holds 1 NaN or infinite value(s)" in str(err.value)
+
+
 def test_a_path_that_is_neither_folder_nor_repo_id_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="neither a checkpoint folder"):
         load_checkpoint(tmp_path / "does" / "not" / "exist")
@@ -307,6 +327,29 @@ def test_push_to_hub_uploads_the_checkpoint_without_training_state_and_it_loads_
     push_to_hub(folder, "me/pushed", token="hf_test")
     assert fake_hub.commit_of("me/pushed") != commit
     assert fake_hub.repos["me/pushed"][WEIGHTS_NAME] == (folder / WEIGHTS_NAME).read_bytes()
+
+
+def test_push_uploads_only_the_checkpoints_own_top_level_files(fake_hub, make_tiny_checkpoint, tmp_path):
+    from ddpm.checkpoints import LOG_NAME, PUBLISHED_NAMES, push_to_hub
+
+    folder, _ = make_tiny_checkpoint(tmp_path / "run")
+    (folder / LOG_NAME).write_text("step,loss\n1,0.5\n")
+    for stray in ("notes/credentials.json", "sub/model.safetensors", "old/config.json", "secrets.json", "x.png",
+                  "draft.md", ".env"):
+        (folder / stray).parent.mkdir(parents=True, exist_ok=True)
+        (folder / stray).write_text('{"token": "hf_secret"}')
+    push_to_hub(folder, "me/pushed", token="hf_test")
+    assert sorted(fake_hub.repos["me/pushed"]) == sorted([CONFIG_NAME, LOG_NAME, WEIGHTS_NAME])
+    assert set(PUBLISHED_NAMES) >= {CONFIG_NAME, WEIGHTS_NAME, LOG_NAME, "README.md", "evaluation.json"}
+
+
+def test_push_creates_a_private_repo_unless_asked_for_a_public_one(fake_hub, make_tiny_checkpoint, tmp_path):
+    from ddpm.checkpoints import push_to_hub
+
+    folder, _ = make_tiny_checkpoint(tmp_path / "run")
+    push_to_hub(folder, "me/quiet", token="hf_test")
+    push_to_hub(folder, "me/open", token="hf_test", private=False)
+    assert fake_hub.private == {"me/quiet": True, "me/open": False}
 
 
 def test_push_to_hub_refuses_a_folder_that_would_not_load(fake_hub, tmp_path):

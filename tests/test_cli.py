@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ddpm.checkpoints import CONFIG_NAME, LOG_NAME, OPTIMIZER_NAME, STATE_CONFIG_NAME, STATE_NAME, WEIGHTS_NAME
@@ -104,6 +105,21 @@ def test_a_corrupt_checkpoint_exits_non_zero_naming_the_file(trained_run, tmp_pa
     (run / WEIGHTS_NAME).write_bytes(b"\0" * 100)
     assert main(["sample", "--checkpoint", str(run), "-n", "1", "--out", str(tmp_path / "s")]) == 2
     assert f"error: {run / WEIGHTS_NAME} is not a readable safetensors file" in capsys.readouterr().err
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_not_sampled_into_black_images(trained_run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    state = load_file(str(run / WEIGHTS_NAME))
+    name = sorted(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)[0]
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(run / WEIGHTS_NAME))
+    assert main(["sample", "--checkpoint", str(run), "-n", "1", "--steps", "2", "--out", str(tmp_path / "s"),
+                 "--device", "cpu"]) == 2
+    assert f"error: {run / WEIGHTS_NAME}: tensor {name!r} holds" in capsys.readouterr().err
     assert not (tmp_path / "s.npz").exists()
 
 
@@ -253,3 +269,73 @@ def test_help_imports_neither_torch_nor_numpy(args):
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert proc.stderr.strip().splitlines()[-1] == "[]"
     assert "usage: python -m ddpm" in proc.stdout
+
+
+# ---- option bounds: refused by the parser (exit 2, one line naming the option, the value and the range) ------------
+REQUIRED = {"train": ["--out", "x"], "pack-data": ["--out", "x"]}
+BAD_VALUES = [  # (command, option, value, the allowed range as the message says it)
+    *[(c, "--threads", "-1", "a whole number ≥ 1") for c in ("train", "sample", "evaluate")],
+    *[(c, "--threads", "0", "a whole number ≥ 1") for c in ("train", "sample", "evaluate")],
+    *[(c, "--device", "banana", "auto, cpu, cuda or cuda:N") for c in ("train", "sample", "evaluate")],
+    *[(c, "--seed", v, "a whole number from 0 to 4294967295") for c in ("train", "sample", "evaluate", "train-encoder")
+      for v in ("1e20", "100000000000000000000", "-1", "1.5")],
+    *[("train", "--epochs", v, "a finite number > 0") for v in ("inf", "nan", "0", "-2")],
+    ("train", "--max-minutes", "-1", "a finite number > 0"),
+    ("train", "--checkpoint-every", "nan", "a finite number > 0"),
+    ("train", "--lr", "nan", "a finite number > 0"),
+    ("train", "--steps", "0", "a whole number ≥ 1"),
+    ("train", "--batch-size", "0", "a whole number ≥ 1"),
+    ("sample", "--batch-size", "-4", "a whole number ≥ 1"),
+    ("train-encoder", "--epochs", "0", "a whole number ≥ 1"),
+    *[("pack-data", "--shard-mb", v, "a finite number > 0") for v in ("nan", "inf", "0")],
+]
+
+
+@pytest.mark.parametrize("command, option, value, allowed", BAD_VALUES)
+def test_an_option_outside_its_range_is_a_usage_error_naming_option_value_and_range(command, option, value, allowed,
+                                                                                     capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, *REQUIRED.get(command, []), f"{option}={value}"])
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"python -m ddpm {command}: error: argument {option}: must be {allowed}, got {value!r}"
+
+
+@pytest.mark.parametrize("option, validator", [("--threads", "positive_int"), ("--seed", "seed_int"),
+                                               ("--device", "device_name")])
+def test_every_command_with_a_shared_option_bounds_it_with_the_same_type(option, validator):
+    import argparse
+
+    from ddpm import cli_options
+    from ddpm.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    found = [(name, a.type) for name, parser in sub.choices.items() for a in parser._actions if option in a.option_strings]
+    assert len(found) >= 3
+    assert all(t is getattr(cli_options, validator) for _, t in found), found
+
+
+def test_good_values_pass_the_option_types_unchanged():
+    from ddpm.cli_options import device_name, finite_positive_float, positive_int, seed_int
+
+    assert [positive_int("3"), seed_int("0"), seed_int("4294967295")] == [3, 0, 2**32 - 1]
+    assert finite_positive_float("0.25") == 0.25 and finite_positive_float("1e-3") == 1e-3
+    assert [device_name(d) for d in ("auto", "cpu", "cuda", "cuda:1")] == ["auto", "cpu", "cuda", "cuda:1"]
+
+
+@pytest.mark.parametrize("args", [["sample", "--threads", "-1"], ["train", "--out", "x", "--epochs", "inf"],
+                                  ["pack-data", "--out", "x", "--shard-mb", "nan"]])
+def test_a_bad_option_value_ends_without_a_traceback_or_any_work(args, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ddpm", *args], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"python -m ddpm {args[0]}: error: argument ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_steps_for_epochs_refuses_epochs_that_are_not_a_finite_positive_number():
+    from ddpm.cli import steps_for_epochs
+
+    for epochs in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="--epochs must be a finite number > 0"):
+            steps_for_epochs(epochs, 1800, 100, 1)

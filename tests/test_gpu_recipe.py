@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,23 @@ from ddpm.presets import PRESETS
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def fake_python3(bin_dir: Path) -> Path:
+    """``bin_dir/python3``: a script that execs this interpreter by the path it was started with. A symlink would not
+    do: a venv's interpreter started through a link outside the venv does not find the venv (nor its packages)."""
+    path = bin_dir / "python3"
+    path.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_the_fake_python3_is_this_interpreter_with_its_packages(tmp_path):
+    probe = "import sys, torch; print(sys.prefix); print(sys.path)"
+    proc = subprocess.run([str(fake_python3(tmp_path)), "-c", probe], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == sys.prefix  # a venv's prefix, not its base Python's
+
+
 @pytest.fixture
 def session(tmp_path) -> tuple[Path, dict[str, str]]:
     """A stand-in for the repository as the GPU machine gets it: the script, the package and the shipped
@@ -33,7 +51,7 @@ def session(tmp_path) -> tuple[Path, dict[str, str]]:
     write_pack(to_hwc_numpy(sub.images), sub.labels.numpy(), repo / "gpu_pack", shard_mb=0.7, method=0, workers=1)
     bin_dir = tmp_path / "bin"  # the script calls `python3`: make it this interpreter
     bin_dir.mkdir()
-    (bin_dir / "python3").symlink_to(sys.executable)
+    fake_python3(bin_dir)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DATA": str(tmp_path / "data"),
            "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
     env.pop("REHEARSE", None)

@@ -136,6 +136,16 @@ def test_the_push_command_writes_the_card_and_uploads_it_with_weights_and_config
     assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.parametrize("flags, private", [([], True), (["--private"], True), (["--public"], False)])
+def test_the_push_command_creates_the_repo_private_unless_public_is_asked_for(fake_hub, trained_folder, flags, private):
+    from ddpm.cli import build_parser
+
+    assert main(["push", str(trained_folder), "--repo-id", "owner/name", *flags]) == 0
+    assert fake_hub.private["owner/name"] is private
+    push = next(a for a in build_parser()._actions if a.dest == "command").choices["push"]
+    assert "(default: private)" in " ".join(push.format_help().split())
+
+
 def test_the_fake_hub_rejects_a_card_whose_front_matter_is_not_yaml(fake_hub, make_tiny_checkpoint, tmp_path):
     from ddpm.checkpoints import push_to_hub
 
