@@ -26,8 +26,8 @@ from .sampling_spec import SamplingSpec
 from .server_limits import ServerLimits
 
 KINDS = ("samples", "trajectory", "evaluation")
-#: GFLOP/s of one request on one CPU thread: bench/request_cost.py measured 58-61 in fp32 and 107-112 in bf16 (the
-#: default model, 16 images, DPM-Solver++ 20, on the 2-core dev machine with other work running; results/request_cost.md)
+#: GFLOP/s of one request on one CPU thread, below every one-thread run of bench/request_cost.py: 61-66 in fp32, 112-115
+#: in bf16 (the default model, 16 images, DPM-Solver++ 20, on the 2-core dev machine with other work running)
 CPU_GFLOPS = 50.0
 DEADLINE_FACTOR = 4.0  # a request may run 4× its expected time on one thread (other visitors share the cores)
 DEADLINE_FLOOR_S = 30.0  # small requests still get time to wait for a core
