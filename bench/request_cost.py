@@ -5,7 +5,8 @@ Part one counts, from the shipped checkpoints' configs, each request the app mak
 settings: Home's 16 samples, Reverse's 16-image trajectory at every sampler (DDPM, and DDIM / DPM-Solver++ at
 2, 20 and all T steps, at the slider's highest guidance), Compare's grids and its evaluation at the hosted and
 the developer DDPM_MAX_EVAL. Part two times the shipped default model sampling 16 images with DPM-Solver++ 20
-(guidance 1) at 1 and 2 threads, fp32 and bf16, and divides the counted FLOPs by the time (about a minute in all);
+(guidance 1) at 1 and 2 threads, fp32 and bf16, and an evaluation's nearest-neighbour search for 100 patches on
+one thread, and divides the counted FLOPs by the time (about a minute in all);
 the 1-minute load average before and after is printed beside it, since other processes share the cores.
 
     python bench/request_cost.py [--repeats 3] [--out DIR]   # writes DIR/request_cost.{json,md}
@@ -24,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ddpm.checkpoints import SHIPPED_DIR, load_local  # noqa: E402
-from ddpm.cost import CPU_GFLOPS, deadline_s, reference_encoding_flops, request_cost  # noqa: E402
+from ddpm.data import SPLIT_SIZES  # noqa: E402
+from ddpm.cost import CPU_GFLOPS, SCORING_GFLOPS, deadline_s, reference_encoding_flops, request_cost  # noqa: E402
 from ddpm.pipeline import generate  # noqa: E402
 from ddpm.sampling_spec import MAX_GUIDANCE, SamplingSpec  # noqa: E402
 from ddpm.server_limits import HOSTED_LIMITS, ServerLimits  # noqa: E402
@@ -52,7 +54,7 @@ def app_requests(name: str) -> list[dict]:
     for what, kind, spec, n in asks:
         cost = request_cost(ckpt.model_config, spec, n, T, kind)
         rows.append({"model": name, "request": what, "spec": spec.describe(conditional), "gflop": round(cost.gflop, 1),
-                     "scoring_gflop": round(cost.scoring_flops / 1e9, 1), "hosted_deadline_s": deadline_s(cost.flops, HOSTED_LIMITS)})
+                     "scoring_gflop": round(cost.scoring_flops / 1e9, 1), "hosted_deadline_s": deadline_s(cost, HOSTED_LIMITS)})
     return rows
 
 
@@ -76,12 +78,29 @@ def throughput(repeats: int) -> list[dict]:
     return rows
 
 
+def scoring_throughput() -> dict:
+    """An evaluation's nearest-neighbour search (ddpm.evaluation.memorization.pixel_neighbours) on one thread:
+    100 patches against a random uint8 bank the size of PathMNIST's training split."""
+    from ddpm.evaluation.memorization import pixel_neighbours
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randint(0, 256, (SPLIT_SIZES["train"], 3, 28, 28), dtype=torch.uint8, generator=g)
+    queries = torch.randint(0, 256, (100, 3, 28, 28), dtype=torch.uint8, generator=g)
+    t0 = time.perf_counter()
+    pixel_neighbours(queries, bank)
+    seconds = time.perf_counter() - t0
+    gflop = 100 * 8 * SPLIT_SIZES["train"] * 2 * 3 * 28 * 28 / 1e9
+    return {"patches": 100, "seconds": round(seconds, 1), "gflop": round(gflop), "gflop_per_s": round(gflop / seconds, 1)}
+
+
 def markdown(result: dict) -> str:
     lines = ["# What the app's requests cost", "", f"Written by `bench/request_cost.py` on {result['date']} "
              f"({result['machine']}, torch {result['torch']}). FLOPs are counted from each model's config "
              "(`ddpm.cost`, equal to torch's FlopCounterMode on the network). Hosted budget "
              f"{result['hosted_budget_gflop']:,.0f} GFLOP per request, developer default {result['developer_budget_gflop']:,.0f}; "
-             f"the deadline assumes {result['cpu_gflops_constant']} GFLOP/s.", "",
+             f"the deadline assumes {result['cpu_gflops_constant']} GFLOP/s for network passes and "
+             f"{result['scoring_gflops_constant']} for scoring.", "",
              "| model | request | settings | GFLOP | of which scoring | hosted deadline (s) |", "|---|---|---|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['request']} | {r['spec']} | {r['gflop']:,.1f} | {r['scoring_gflop']:,.1f} | "
               f"{r['hosted_deadline_s']:.0f} |" for r in result["requests"]]
@@ -93,6 +112,9 @@ def markdown(result: dict) -> str:
               "| threads | precision | seconds | GFLOP | GFLOP/s |", "|---:|---|---:|---:|---:|"]
     lines += [f"| {r['threads']} | {r['precision']} | {r['seconds']} | {r['gflop']} | {r['gflop_per_s']} |"
               for r in result["throughput"]]
+    sc = result["scoring"]
+    lines += ["", f"Scoring (nearest-neighbour search, 1 thread): {sc['patches']} patches against {SPLIT_SIZES['train']:,} in "
+              f"{sc['seconds']} s, {sc['gflop']} GFLOP, {sc['gflop_per_s']} GFLOP/s."]
     return "\n".join(lines) + "\n"
 
 
@@ -104,9 +126,11 @@ def main() -> None:
     requests = app_requests("default") + app_requests("seed")
     load_before = round(os.getloadavg()[0], 2)
     speed = throughput(args.repeats)
+    scoring = scoring_throughput()
     result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "torch": torch.__version__, "hosted_budget_gflop": HOSTED_LIMITS.max_request_gflop,
               "developer_budget_gflop": ServerLimits().max_request_gflop, "cpu_gflops_constant": CPU_GFLOPS,
+              "scoring_gflops_constant": SCORING_GFLOPS, "scoring": scoring,
               "requests": requests, "reference_encoding_gflop": round(reference_encoding_flops() / 1e9),
               "repeats": args.repeats, "load_before": load_before, "load_after": round(os.getloadavg()[0], 2), "throughput": speed}
     args.out.mkdir(parents=True, exist_ok=True)

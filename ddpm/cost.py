@@ -26,9 +26,13 @@ from .sampling_spec import SamplingSpec
 from .server_limits import ServerLimits
 
 KINDS = ("samples", "trajectory", "evaluation")
-#: GFLOP/s of one request on one CPU thread, below every one-thread run of bench/request_cost.py: 61-66 in fp32, 112-115
-#: in bf16 (the default model, 16 images, DPM-Solver++ 20, on the 2-core dev machine with other work running)
-CPU_GFLOPS = 50.0
+#: GFLOP/s of one request on one CPU thread, about the slowest one-thread run of bench/request_cost.py: 42-66 in fp32,
+#: 90-115 in bf16 (the default model, 16 images, DPM-Solver++ 20, on the 2-core dev machine at load 2-4; two threads on
+#: busy cores fell to 13-15, which is why the app runs one thread per computation)
+CPU_GFLOPS = 40.0
+#: GFLOP/s of an evaluation's scoring on one thread: its nearest-neighbour search converts the uint8 training split to
+#: float for every orientation, so it runs far below a network pass (12.6-15.1 for 100 patches, the same bench)
+SCORING_GFLOPS = 10.0
 DEADLINE_FACTOR = 4.0  # a request may run 4× its expected time on one thread (other visitors share the cores)
 DEADLINE_FLOOR_S = 30.0  # small requests still get time to wait for a core
 _KID_SUBSETS, _KID_SUBSET_SIZE, _HELD_OUT = 100, 1000, 2000  # as ddpm.evaluation.report / metrics use them
@@ -58,6 +62,11 @@ class RequestCost:
     @property
     def gflop(self) -> float:
         return self.flops / 1e9
+
+    @property
+    def expected_s(self) -> float:
+        """Seconds on one CPU thread at the measured speeds (``CPU_GFLOPS``, ``SCORING_GFLOPS``)."""
+        return self.network_flops / (CPU_GFLOPS * 1e9) + self.scoring_flops / (SCORING_GFLOPS * 1e9)
 
     def describe(self) -> str:
         """In words, e.g. "DDPM over 1000 steps × 32 images, each twice for guidance, on a 46 M-parameter network"."""
@@ -166,10 +175,12 @@ def check_request_cost(model_config: Any, spec: SamplingSpec, n: int, num_timest
     return cost
 
 
-def deadline_s(cost_flops: float, limits: ServerLimits) -> float:
-    """Seconds a request of ``cost_flops`` may run before it is cancelled: ``DEADLINE_FACTOR`` × its time at the
-    measured ``CPU_GFLOPS`` of one thread, at least ``DEADLINE_FLOOR_S``, at most ``limits.request_deadline_s``."""
-    if not (math.isfinite(cost_flops) and cost_flops >= 0):
-        raise ValueError(f"cost_flops must be a finite number ≥ 0, got {cost_flops!r}")
-    expected = cost_flops / (CPU_GFLOPS * 1e9)
-    return min(limits.request_deadline_s, max(DEADLINE_FLOOR_S, DEADLINE_FACTOR * expected))
+def deadline_s(cost: RequestCost | float, limits: ServerLimits) -> float:
+    """Seconds a request may run before it is cancelled: ``DEADLINE_FACTOR`` × its expected time on one thread
+    (``RequestCost.expected_s``; a bare FLOP count is taken as network passes at ``CPU_GFLOPS``), at least
+    ``DEADLINE_FLOOR_S``, at most ``limits.request_deadline_s``."""
+    if not isinstance(cost, RequestCost):
+        if not (isinstance(cost, (int, float)) and math.isfinite(cost) and cost >= 0):
+            raise ValueError(f"a request's cost must be a finite number of FLOPs ≥ 0, got {cost!r}")
+        cost = RequestCost("samples", float(cost), 0.0, 0, 0, False, 0, "dpmpp")
+    return min(limits.request_deadline_s, max(DEADLINE_FLOOR_S, DEADLINE_FACTOR * cost.expected_s))
