@@ -26,12 +26,12 @@ from .sampling_spec import SamplingSpec
 from .server_limits import ServerLimits
 
 KINDS = ("samples", "trajectory", "evaluation")
-#: GFLOP/s of one request on one CPU thread, about the slowest one-thread run of bench/request_cost.py: 42-66 in fp32,
-#: 90-115 in bf16 (the default model, 16 images, DPM-Solver++ 20, on the 2-core dev machine at load 2-4; two threads on
-#: busy cores fell to 13-15, which is why the app runs one thread per computation)
+#: GFLOP/s of one request on one CPU thread, the slowest one-thread run of bench/request_cost.py: 40-66 in fp32, 76-115
+#: in bf16 over four runs (the default model, 16 images, DPM-Solver++ 20, on the 2-core dev machine at load 2-4;
+#: results/request_cost.md holds the last). Two threads on busy cores fell to 7-22: the app runs one per computation.
 CPU_GFLOPS = 40.0
 #: GFLOP/s of an evaluation's scoring on one thread: its nearest-neighbour search converts the uint8 training split to
-#: float for every orientation, so it runs far below a network pass (12.6-15.1 for 100 patches, the same bench)
+#: float for every orientation, so it runs far below a network pass (12.6-15.6 for 100 patches, the same bench)
 SCORING_GFLOPS = 10.0
 DEADLINE_FACTOR = 4.0  # a request may run 4× its expected time on one thread (other visitors share the cores)
 DEADLINE_FLOOR_S = 30.0  # small requests still get time to wait for a core
