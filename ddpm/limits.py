@@ -2,7 +2,8 @@
 Hub), the CLI, a job request or the Python API.
 
 A config is checked as plain data, before any network or tensor exists: each field's type and range,
-then the parameter count, computed from the config by the formulas below (no network is built).
+then the parameter count, summed over the layers ``layers(config)`` lists (no network is built; ``cost``
+sums their FLOPs from the same list).
 ``{"base_channels": 2048, "num_res_blocks": 4}`` would ask for about 10 G parameters (37 GiB); it is
 refused here with a message that names the field, its value and the limit.  The bounds are generous
 for the CPU and GPU recipes of ``presets`` (the ``large`` preset has 6.5 M parameters).
@@ -10,7 +11,7 @@ for the CPU and GPU recipes of ``presets`` (the ``large`` preset has 6.5 M param
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Mapping
 
 MAX_IMAGE_SIZE = 256  # MedMNIST+ goes up to 224
@@ -83,56 +84,95 @@ def _raise(problems: list[str]) -> None:
         raise ConfigLimitError("; ".join(problems))
 
 
-# ---- the parameter count, from the config alone (mirrors unet.SeedUNet / unet.ResUNet) -------------
-def _conv(cin: int, cout: int, k: int) -> int:
-    return cin * cout * k * k + cout
+# ---- the network's layers, from the config alone (mirrors unet.SeedUNet / unet.ResUNet) ------------
+@dataclass(frozen=True)
+class Layer:
+    """One layer of the network a config describes, as plain numbers.
+
+    ``kind``: "conv" (a linear layer is a 1×1 conv at one position), "norm" (GroupNorm's scale and shift),
+    "attention" (the QKᵀ and AV products of self-attention over ``positions`` pixels; its 1×1 convs are
+    "conv" layers) or "embedding" (``cin`` rows of ``cout`` values). ``positions``: the pixels a conv computes
+    (its input's pixels for the seed network's transposed conv).
+    """
+
+    kind: str
+    cin: int
+    cout: int = 0
+    k: int = 1
+    positions: int = 1
+
+    @property
+    def parameters(self) -> int:
+        if self.kind == "conv":
+            return self.cin * self.cout * self.k * self.k + self.cout
+        return {"norm": 2 * self.cin, "embedding": self.cin * self.cout}.get(self.kind, 0)
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds × 2 for one image; norms and embedding look-ups count 0 (as torch's FlopCounterMode)."""
+        if self.kind == "conv":
+            return 2 * self.cin * self.cout * self.k * self.k * self.positions
+        if self.kind == "attention":  # QKᵀ: (HW)²·C multiply-adds over all heads, and as many for AV
+            return 4 * self.positions ** 2 * self.cin
+        return 0
 
 
-def _linear(cin: int, cout: int) -> int:
-    return cin * cout + cout
+def _linear(cin: int, cout: int) -> Layer:
+    return Layer("conv", cin, cout)
 
 
-def _res_block(cin: int, cout: int, emb: int) -> int:
-    skip = _conv(cin, cout, 1) if cin != cout else 0
-    return 2 * cin + _conv(cin, cout, 3) + _linear(emb, cout) + 2 * cout + _conv(cout, cout, 3) + skip
+def _res_block(cin: int, cout: int, emb: int, res: int) -> list[Layer]:
+    pix = res * res
+    skip = [Layer("conv", cin, cout, 1, pix)] if cin != cout else []
+    return [Layer("norm", cin), Layer("conv", cin, cout, 3, pix), _linear(emb, cout), Layer("norm", cout),
+            Layer("conv", cout, cout, 3, pix), *skip]
 
 
-def _attention(c: int) -> int:
-    return 2 * c + _conv(c, 3 * c, 1) + _conv(c, c, 1)
+def _attention(c: int, res: int) -> list[Layer]:
+    pix = res * res
+    return [Layer("norm", c), Layer("conv", c, 3 * c, 1, pix), Layer("attention", c, positions=pix),
+            Layer("conv", c, c, 1, pix)]
+
+
+def layers(config: Any) -> list[Layer]:
+    """Every layer with weights or matrix products of the network ``config`` describes, built from the config alone."""
+    cfg = {**DEFAULTS, **_as_dict(config)}
+    c, emb, size = cfg["in_channels"], cfg["time_embed_dim"], cfg["image_size"]
+    classes = cfg.get("num_classes")
+    out = [Layer("embedding", classes + 1, emb)] if classes is not None else []  # the last one is "no class"
+    if cfg["architecture"] == "seed":
+        full, half = size * size, (size // 2) ** 2
+        return out + [_linear(32, emb), _linear(emb, emb), Layer("conv", c, 32, 3, full), Layer("conv", 32, 32, 3, full),
+                      Layer("conv", 32, 64, 4, half), Layer("conv", 64, 64, 3, half),
+                      Layer("conv", 64, 32, 4, half),  # the transposed conv: 4×4 per input pixel
+                      Layer("conv", 32, 32, 3, full), Layer("conv", 32, c, 3, full), _linear(emb, 32), _linear(emb, 64)]
+    ch, mults, blocks = cfg["base_channels"], tuple(cfg["channel_mults"]), cfg["num_res_blocks"]
+    attn_at, res = set(cfg["attention_resolutions"]), size
+    out += [_linear(ch, emb), _linear(emb, emb), Layer("conv", c, ch, 3, size * size)]
+    skips, cur = [ch], ch
+    for level, mult in enumerate(mults):
+        for _ in range(blocks):
+            out += _res_block(cur, ch * mult, emb, res) + (_attention(ch * mult, res) if res in attn_at else [])
+            cur = ch * mult
+            skips.append(cur)
+        if level < len(mults) - 1:
+            res //= 2
+            out.append(Layer("conv", cur, cur, 3, res * res))  # stride 2
+            skips.append(cur)
+    out += _res_block(cur, cur, emb, res) + _attention(cur, res) + _res_block(cur, cur, emb, res)
+    for level, mult in reversed(list(enumerate(mults))):
+        for _ in range(blocks + 1):
+            out += _res_block(cur + skips.pop(), ch * mult, emb, res) + (_attention(ch * mult, res) if res in attn_at else [])
+            cur = ch * mult
+        if level > 0:
+            res *= 2
+            out.append(Layer("conv", cur, cur, 3, res * res))  # after the nearest-neighbour upsampling
+    return out + [Layer("norm", cur), Layer("conv", cur, c, 3, size * size)]
 
 
 def parameter_count(config: Any) -> int:
     """Trainable parameters of the network ``config`` describes, counted without building it."""
-    cfg = {**DEFAULTS, **_as_dict(config)}
-    c, emb = cfg["in_channels"], cfg["time_embed_dim"]
-    classes = cfg.get("num_classes")
-    total = (classes + 1) * emb if classes is not None else 0  # class embeddings, the last one "no class"
-    if cfg["architecture"] == "seed":
-        return total + (_linear(32, emb) + _linear(emb, emb) + _conv(c, 32, 3) + _conv(32, 32, 3) + _conv(32, 64, 4)
-                        + _conv(64, 64, 3) + (64 * 32 * 16 + 32) + _conv(32, 32, 3) + _conv(32, c, 3)
-                        + _linear(emb, 32) + _linear(emb, 64))
-    ch, mults, blocks = cfg["base_channels"], tuple(cfg["channel_mults"]), cfg["num_res_blocks"]
-    attn_at, res = set(cfg["attention_resolutions"]), cfg["image_size"]
-    total += _linear(ch, emb) + _linear(emb, emb) + _conv(c, ch, 3)
-    skips, cur = [ch], ch
-    for level, mult in enumerate(mults):
-        for _ in range(blocks):
-            total += _res_block(cur, ch * mult, emb) + (_attention(ch * mult) if res in attn_at else 0)
-            cur = ch * mult
-            skips.append(cur)
-        if level < len(mults) - 1:
-            total += _conv(cur, cur, 3)
-            skips.append(cur)
-            res //= 2
-    total += 2 * _res_block(cur, cur, emb) + _attention(cur)
-    for level, mult in reversed(list(enumerate(mults))):
-        for _ in range(blocks + 1):
-            total += _res_block(cur + skips.pop(), ch * mult, emb) + (_attention(ch * mult) if res in attn_at else 0)
-            cur = ch * mult
-        if level > 0:
-            total += _conv(cur, cur, 3)
-            res *= 2
-    return total + 2 * cur + _conv(cur, c, 3)
+    return sum(layer.parameters for layer in layers(config))
 
 
 # ---- the checks -------------------------------------------------------------------------------------

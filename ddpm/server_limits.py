@@ -6,9 +6,10 @@ environment variables: ``DDPM_HOSTED`` (1/0; on by default on a Hugging Face Spa
 ``SPACE_ID`` is set), ``DDPM_MAX_STEPS``, ``DDPM_MAX_BATCH``, ``DDPM_MAX_MINUTES`` (a run's time cap:
 the training slot is held no longer), ``DDPM_JOB_TIMEOUT_S`` (a run whose page stopped polling ends),
 ``DDPM_MAX_EVAL`` (generated patches per on-demand evaluation), ``DDPM_MAX_COMPUTE`` (sampling worker
-processes: requests computing at once; more wait in line), ``DDPM_MAX_REQUEST_S`` (a request's wall-time
-deadline) and ``DDPM_KEEP_RUNS_MIN`` (how long a
-finished run's folder is kept for its download).
+processes: requests computing at once; more wait in line), ``DDPM_KEEP_RUNS_MIN`` (how long a
+finished run's folder is kept for its download), ``DDPM_MAX_REQUEST_GFLOP`` (the most one sampling run,
+trajectory or evaluation may cost, counted from the model's config: ``ddpm.cost``) and
+``DDPM_REQUEST_DEADLINE_S`` (the longest one may run, whatever its cost says).
 """
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ class ServerLimits:
     presets: tuple[str, ...] = tuple(PRESETS)
     max_eval_samples: int = 2000  # generated patches per on-demand evaluation (Compare page)
     max_compute: int = 2  # sampling worker processes: requests computing at once; more wait in line
-    max_request_s: float = 600.0  # a sampling request's wall-time deadline: past it, it is stopped
     keep_runs_minutes: float = 60.0  # a finished or abandoned run's folder is deleted after this
+    max_request_gflop: float = 100_000.0  # one request's cost (ddpm.cost): the default model's 2,000-patch evaluation is 58,000
+    request_deadline_s: float = 3600.0  # the most any one request runs, whatever its cost
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ServerLimits":
@@ -65,11 +67,12 @@ class ServerLimits:
                        heartbeat_timeout_s=_env_number(env, "DDPM_JOB_TIMEOUT_S", base.heartbeat_timeout_s, float),
                        max_eval_samples=_env_number(env, "DDPM_MAX_EVAL", base.max_eval_samples, int),
                        max_compute=_env_number(env, "DDPM_MAX_COMPUTE", base.max_compute, int),
-                       max_request_s=_env_number(env, "DDPM_MAX_REQUEST_S", base.max_request_s, float),
-                       keep_runs_minutes=_env_number(env, "DDPM_KEEP_RUNS_MIN", base.keep_runs_minutes, float))
+                       keep_runs_minutes=_env_number(env, "DDPM_KEEP_RUNS_MIN", base.keep_runs_minutes, float),
+                       max_request_gflop=_env_number(env, "DDPM_MAX_REQUEST_GFLOP", base.max_request_gflop, float),
+                       request_deadline_s=_env_number(env, "DDPM_REQUEST_DEADLINE_S", base.request_deadline_s, float))
 
 
-#: The caps on a shared 2-core Space: a few minutes of training, the two CPU-sized presets, two computations at once.
+#: The caps on a shared 2-core Space: a few minutes of training, the two CPU-sized presets, one sampling worker.
 HOSTED_LIMITS = ServerLimits(hosted=True, max_steps=500, max_batch=64, max_minutes=15.0, presets=("seed", "small"),
-                             max_eval_samples=300, max_compute=1, max_request_s=120.0,
-                             keep_runs_minutes=30.0)
+                             max_eval_samples=300, max_compute=1, keep_runs_minutes=30.0, max_request_gflop=12_000.0,
+                             request_deadline_s=900.0)

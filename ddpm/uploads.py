@@ -2,20 +2,52 @@
 
 An upload is a zip holding ``config.json`` and ``model.safetensors`` (what the app's download gives),
 or those two files uploaded together.  Nothing is unpickled or executed: the config is JSON and the
-weights are safetensors.  The files live in a temporary folder only while they are read.
+weights are safetensors.  The files live in a temporary folder only while they are read.  An upload is
+bounded by its parameters, not only its bytes: the config's network may have at most as many as
+``max_bytes`` of float32 holds, and the weights file (read from its header, before any tensor) must hold
+float32, float16 or bfloat16 values, exactly as many as that network has.
 """
 from __future__ import annotations
 
 import io
+import math
 import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from safetensors import SafetensorError, safe_open
+
 from . import checkpoints as ckpt
+from .limits import parameter_count
+from .unet import UNetConfig
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # a 12 M-parameter float32 network; the app's models are far smaller
 WANTED = (ckpt.CONFIG_NAME, ckpt.WEIGHTS_NAME)
+WEIGHT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # safetensors' names: what the app reads
+
+
+def check_weights_header(path: Path, model_cfg: UNetConfig, max_parameters: int) -> None:
+    """Refuse, from the config and the safetensors header alone, a network above ``max_parameters``, a tensor
+    stored in a dtype the app does not use (float8, integers, float64, …) or a file whose element count is
+    not the config's parameter count."""
+    expected = parameter_count(model_cfg)
+    if expected > max_parameters:
+        raise ckpt.CheckpointError(f"the uploaded config describes a network of {expected:,} parameters; uploads may "
+                                   f"have at most {max_parameters:,} ({max_parameters * 4 / 1e6:.0f} MB of float32)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = {name: (f.get_slice(name).get_dtype(), f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError):
+        return  # unreadable: loading it says so, naming the file
+    for name, (dtype, _) in sorted(header.items()):
+        if dtype not in WEIGHT_DTYPES:
+            raise ckpt.CheckpointError(f"tensor {name[:80]!r} of {ckpt.WEIGHTS_NAME} is stored as {dtype}; the app "
+                                       f"reads {', '.join(WEIGHT_DTYPES.values())} weights: save it in one of those")
+    found = sum(math.prod(shape) for _, shape in header.values())
+    if found != expected:
+        raise ckpt.CheckpointError(f"{ckpt.WEIGHTS_NAME} holds {found:,} values but the network in {ckpt.CONFIG_NAME} "
+                                   f"has {expected:,} parameters: the weights and config come from different models")
 
 
 def _from_zip(data: bytes, max_bytes: int) -> dict[str, bytes]:
@@ -96,6 +128,7 @@ def _load_upload(files: list[tuple[str, bytes]], image_size: int, channels: int,
                 size = model_cfg.image_size
                 raise ckpt.CheckpointError(f"the uploaded model makes {model_cfg.in_channels}×{size}×{size} images; "
                                            f"this app shows PathMNIST at {channels}×{image_size}×{image_size}")
+            check_weights_header(Path(tmp) / ckpt.WEIGHTS_NAME, model_cfg, max_bytes // 4)
             loaded = ckpt.load_local(tmp, source="your uploaded checkpoint")
         except Exception as err:  # noqa: BLE001  (see load_upload); name the upload, not the temporary folder
             text = str(err) if isinstance(err, ValueError) else f"the upload cannot be read ({type(err).__name__}: {err})"

@@ -35,7 +35,7 @@ from ddpm.preview import Preview, PreviewRequest, read_preview, weights_fingerpr
 from ddpm.result_cache import ResultCache, ResultCaches
 from ddpm.samplers import SAMPLERS
 from ddpm.sampling_spec import MAX_GUIDANCE, SamplingSpec
-from ddpm.limits import parameter_count
+from ddpm.cost import RequestTooCostlyError, check_request_cost, deadline_s
 from ddpm.server_limits import ServerLimits
 from ddpm.serving.queue import Position, RequestCancelled
 from ddpm.serving.sampling_service import RequestFailed, SamplingService
@@ -140,7 +140,7 @@ def tissue_encoder():
 @st.cache_resource(show_spinner=False)
 def sampling_service() -> SamplingService:
     """The worker processes that compute every visitor's samples, trajectories and evaluations, in one fair line."""
-    return SamplingService(workers=limits().max_compute, max_deadline_s=limits().max_request_s)
+    return SamplingService(workers=limits().max_compute, max_deadline_s=limits().request_deadline_s)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -323,16 +323,19 @@ def from_workers(model: ActiveModel, request: SampleRequest, text: str, bar=None
     payload = _payload(model.key, checkpoint)
     request = SampleRequest(request.kind, payload.key, request.spec, request.seed, request.n, request.classes,
                             request.precision)
-    guided = request.spec.is_guided(model.conditional)
-    work = parameter_count(checkpoint.model_config) * request.spec.num_model_calls(checkpoint.schedule.num_timesteps) \
-        * request.n * (2 if guided else 1)  # proportional to the network's FLOPs: what the ETA scales by
+    try:
+        cost = check_request_cost(checkpoint.model_config, request.spec, request.n, checkpoint.schedule.num_timesteps,
+                                  limits(), kind=request.kind, conditional=model.conditional)
+    except RequestTooCostlyError as err:
+        st.error(f"This server does not run that: {err}")
+        st.stop()
     bar = bar or st.progress(0.0, text=text)
 
     def on_wait(position: Position) -> None:
         bar.progress(*_waiting_text(position, text))
 
     try:
-        value = sampling_service().run(visitor().id, payload, request, work, on_wait)
+        value = sampling_service().run(visitor().id, payload, request, cost.flops, on_wait, deadline_s(cost, limits()))
     except (RequestFailed, RequestCancelled) as err:
         bar.empty()
         st.error(f"This could not be computed: {err}")

@@ -8,6 +8,8 @@ import typing
 import zipfile
 
 import pytest
+import torch
+from safetensors.torch import save
 
 from ddpm import limits, unet
 from ddpm.checkpoints import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_checkpoint, load_local, make_config
@@ -147,6 +149,59 @@ def test_an_upload_with_a_huge_config_is_refused_before_the_network_is_built(no_
     with pytest.raises(CheckpointError, match=HUGE_MESSAGE) as err:
         load_upload([("run.zip", buf.getvalue())])
     assert "ddpm-upload-" not in str(err.value)  # the message names the upload, not a temporary folder
+
+
+def upload_of(config: UNetConfig, weights: dict) -> list[tuple[str, bytes]]:
+    """config.json + model.safetensors of ``weights`` (tensors by name), as a visitor would upload them."""
+    return [(CONFIG_NAME, json.dumps(make_config(config, ScheduleConfig(num_timesteps=20))).encode()),
+            (WEIGHTS_NAME, save({k: v.contiguous() for k, v in weights.items()}))]
+
+
+TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(14,), norm_groups=4)
+
+
+def _state_shapes(config: UNetConfig) -> dict:
+    """The state dict's shapes, from a network built on the meta device (no memory)."""
+    with torch.device("meta"):
+        return {k: v.shape for k, v in build_unet(config).state_dict().items()}
+
+
+TINY_SHAPES = _state_shapes(TINY)  # made before no_network_built forbids building
+
+
+def test_an_upload_is_bounded_by_its_parameters_not_its_bytes(no_network_built):
+    # the issue's upload: 46 M parameters fit the 52 MB cap as float8; the config alone is refused now
+    big = UNetConfig(base_channels=88, channel_mults=(1, 2, 4), num_res_blocks=4, attention_resolutions=(28, 14, 7))
+    assert 40e6 < parameter_count(big) < 50e6
+    with pytest.raises(CheckpointError, match=r"describes a network of [\d,]+ parameters; uploads may have at most "
+                                              r"13,107,200 \(52 MB of float32\)"):
+        load_upload(upload_of(big, {"w": torch.zeros(1)}))
+
+
+def test_an_upload_stored_as_float8_is_refused_naming_the_tensor_and_dtype(no_network_built):
+    weights = {k: torch.zeros(s, dtype=torch.float8_e4m3fn if k == "conv_in.weight" else torch.float32)
+               for k, s in TINY_SHAPES.items()}
+    with pytest.raises(CheckpointError, match=r"tensor 'conv_in\.weight' of model\.safetensors is stored as F8_E4M3; "
+                                              r"the app reads float32, float16, bfloat16 weights"):
+        load_upload(upload_of(TINY, weights))
+
+
+def test_an_upload_whose_weights_hold_more_values_than_its_config_has_parameters_is_refused(no_network_built):
+    weights = {k: torch.zeros(s) for k, s in TINY_SHAPES.items()}
+    weights["extra"] = torch.zeros(1000, 1000)  # a small config, a large file
+    with pytest.raises(CheckpointError, match=rf"holds {parameter_count(TINY) + 10**6:,} values but the network in "
+                                              rf"config\.json has {parameter_count(TINY):,} parameters"):
+        load_upload(upload_of(TINY, weights))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_an_upload_in_half_precision_loads_as_float32(dtype):
+    model = build_unet(TINY)
+    torch.nn.init.normal_(model.conv_out.weight)  # zero at initialisation: give the cast something to round
+    half = {k: v.to(getattr(torch, dtype)) for k, v in model.state_dict().items()}
+    ckpt = load_upload(upload_of(TINY, half))
+    assert ckpt.model.conv_out.weight.dtype == torch.float32
+    assert torch.equal(ckpt.model.conv_out.weight, half["conv_out.weight"].float())
 
 
 def test_a_hub_repo_with_a_huge_config_is_refused_before_its_weights_are_downloaded(fake_hub, no_network_built):

@@ -83,7 +83,7 @@ class _Worker:
 
     def _run(self, ticket: Ticket) -> None:
         queue = self.service.queue
-        request, payload = ticket.payload
+        request, payload, _ = ticket.payload
         deadline_s = self.service.deadline_for(ticket)
         if self.process is None or not self.process.is_alive():
             self.kill()
@@ -132,19 +132,15 @@ class _Worker:
 
 
 class SamplingService:
-    """``workers`` sampling processes with ``threads`` torch threads each, fed by one fair queue.
+    """``workers`` sampling processes with ``threads`` torch threads each, fed by one fair queue. A request runs
+    at most its own deadline (given to ``submit``), and never more than ``max_deadline_s``."""
 
-    ``deadline_s(request, work)`` bounds each request's wall time (default: ``max_deadline_s``).
-    """
-
-    def __init__(self, workers: int = 1, threads: int | None = None, max_deadline_s: float = 600.0,
-                 deadline_s: Callable[[SampleRequest, float], float] | None = None):
+    def __init__(self, workers: int = 1, threads: int | None = None, max_deadline_s: float = 600.0):
         if workers < 1:
             raise ValueError(f"a sampling service needs at least one worker, got {workers}")
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self.queue = FairQueue(workers=workers)
         self.max_deadline_s = max_deadline_s
-        self._deadline_s = deadline_s
         self.closed = threading.Event()
         self._payloads: dict[str, ModelPayload] = {}
         self._workers = [_Worker(self, i) for i in range(workers)]
@@ -158,18 +154,18 @@ class SamplingService:
         return [w.process.pid for w in self._workers if w.process is not None]
 
     def deadline_for(self, ticket: Ticket) -> float:
-        request, _ = ticket.payload
-        if self._deadline_s is None:
-            return self.max_deadline_s
-        return min(self.max_deadline_s, self._deadline_s(request, ticket.work))
+        _, _, deadline_s = ticket.payload
+        return self.max_deadline_s if deadline_s is None else min(self.max_deadline_s, deadline_s)
 
     # ---- the page's side ----------------------------------------------------------------------
-    def submit(self, visitor: Hashable, model: ModelPayload, request: SampleRequest, work: float) -> Ticket:
-        """Put ``request`` in line for ``visitor`` (replacing their previous one; joining an identical one)."""
+    def submit(self, visitor: Hashable, model: ModelPayload, request: SampleRequest, work: float,
+               deadline_s: float | None = None) -> Ticket:
+        """Put ``request`` in line for ``visitor`` (replacing their previous one; joining an identical one). ``work``
+        is its cost (e.g. FLOPs: the ETA divides it by the measured speed); past ``deadline_s`` it is stopped."""
         if request.model_key != model.key:
             raise ValueError("the request names another model than the one given")
         key = (request.model_key, request.kind, request.spec, request.seed, request.n, request.classes, request.precision)
-        return self.queue.submit(visitor, key, (request, model), work)
+        return self.queue.submit(visitor, key, (request, model, deadline_s), work)
 
     def wait(self, visitor: Hashable, ticket: Ticket, on_wait: Callable[[Position], None] | None = None,
              every_s: float = 0.25) -> Any:
@@ -189,8 +185,8 @@ class SamplingService:
         raise RequestFailed(ticket.error or "the request failed")
 
     def run(self, visitor: Hashable, model: ModelPayload, request: SampleRequest, work: float,
-            on_wait: Callable[[Position], None] | None = None) -> Any:
-        return self.wait(visitor, self.submit(visitor, model, request, work), on_wait)
+            on_wait: Callable[[Position], None] | None = None, deadline_s: float | None = None) -> Any:
+        return self.wait(visitor, self.submit(visitor, model, request, work, deadline_s), on_wait)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Cancel what waits, stop the workers (killing any that do not stop) and end the dispatchers."""
