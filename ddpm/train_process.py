@@ -38,12 +38,11 @@ WATCH_EVERY_S = 0.5  # how often the child checks that the server process still 
 
 
 def train_threads(env: dict[str, str] | None = None) -> int:
-    """Torch threads of the training process: ``DDPM_TRAIN_THREADS``, by default every core (at nice 19 the
-    second thread takes only what visitors leave; measured in the README's "Where training runs")."""
+    """Torch threads of the training process: ``DDPM_TRAIN_THREADS``, default 1.  At nice 19 on 2 busy cores a
+    second thread made training 5× slower (one thread waits at each barrier for the other, which visitors
+    preempt) without making sampling faster (README, "Where training runs")."""
     env = os.environ if env is None else env
-    raw = env.get("DDPM_TRAIN_THREADS", "")
-    if raw == "":
-        return os.cpu_count() or 1
+    raw = env.get("DDPM_TRAIN_THREADS", "1").strip()
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"environment variable DDPM_TRAIN_THREADS={raw!r} must be a whole number ≥ 1")
     return int(raw)

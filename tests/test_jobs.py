@@ -519,3 +519,11 @@ def test_two_visitors_with_the_same_name_cannot_delete_stop_or_keep_alive_each_o
     again = books.start(TrainRequest(steps=1, **TINY), second, tiny_images)  # replaces only second's own run
     assert books.get(running.id) is None and books.get(done.id) is not None and done.out_dir.is_dir()
     books.wait(again.id, timeout=60)
+
+
+def test_the_training_process_uses_one_thread_unless_told_and_refuses_a_bad_count():
+    from ddpm.train_process import train_threads
+
+    assert train_threads({}) == 1 and train_threads({"DDPM_TRAIN_THREADS": "2"}) == 2
+    with pytest.raises(ValueError, match=r"DDPM_TRAIN_THREADS='0' must be a whole number"):
+        train_threads({"DDPM_TRAIN_THREADS": "0"})
