@@ -23,6 +23,7 @@ from ddpm.job_state import Visitor
 from ddpm.jobs import ROOT_PREFIX, JobBusyError, JobRegistry, remove_abandoned_roots
 from ddpm.server_limits import HOSTED_LIMITS, ServerLimits
 from ddpm.train_request import TrainRequest
+from ddpm.train_process import train_threads
 from ddpm.training import TrainConfig, TrainProgress
 from ddpm.presets import get_preset
 from ddpm.unet import build_unet
@@ -329,6 +330,28 @@ def test_a_killed_server_leaves_no_process_behind(tmp_path):
         server.wait()
 
 
+def test_a_training_process_whose_server_was_killed_mid_step_ends_by_itself(tmp_path):
+    child = ("import sys, time\n"  # a step that never reports: only the watchdog can notice the server is gone
+             "from ddpm.train_process import watch_parent\n"
+             "watch_parent(int(sys.argv[1]))\n"
+             "print('watching', flush=True)\n"
+             "time.sleep(600)\n")
+    server = ("import os, subprocess, sys, time\n"
+              f"child = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())])\n"
+              "print(child.pid, flush=True)\n"
+              "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", server], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline())
+        assert proc.stdout.readline().strip() == "watching" and _alive(pid)
+        proc.kill()
+        proc.wait(10)
+        _wait_until(lambda: not _alive(pid), timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_the_run_folders_of_a_killed_server_are_deleted_by_the_next_one(tmp_path):
     dead = tmp_path / f"{ROOT_PREFIX}{2**22 + 12345}-abc"  # above Linux's default pid_max: no such process
     (dead / "run-x").mkdir(parents=True)
@@ -522,8 +545,6 @@ def test_two_visitors_with_the_same_name_cannot_delete_stop_or_keep_alive_each_o
 
 
 def test_the_training_process_uses_one_thread_unless_told_and_refuses_a_bad_count():
-    from ddpm.train_process import train_threads
-
     assert train_threads({}) == 1 and train_threads({"DDPM_TRAIN_THREADS": "2"}) == 2
     with pytest.raises(ValueError, match=r"DDPM_TRAIN_THREADS='0' must be a whole number"):
         train_threads({"DDPM_TRAIN_THREADS": "0"})
