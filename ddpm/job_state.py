@@ -1,6 +1,7 @@
-"""A training job's state: who owns it, the mutable record its worker updates, and the snapshots a page reads."""
+"""A training job's state: who owns it, the mutable record its worker thread updates, and the snapshots a page reads."""
 from __future__ import annotations
 
+import multiprocessing as mp
 import secrets
 import threading
 import time
@@ -78,7 +79,7 @@ class Job:
     request: TrainRequest
     out_dir: Path
     started_at: float
-    stop_event: threading.Event = field(default_factory=threading.Event)
+    stop_event: mp.synchronize.Event = field(default_factory=mp.get_context("spawn").Event)  # shared with its process
     lock: threading.Lock = field(default_factory=threading.Lock)
     status: str = "starting"
     message: str = "preparing the data and the network"
@@ -94,7 +95,8 @@ class Job:
     last_heartbeat: float = 0.0
     stop_reason: str | None = None
     device: str = "?"
-    thread: threading.Thread | None = None
+    thread: threading.Thread | None = None  # the worker thread, in the server's process
+    process: mp.process.BaseProcess | None = None  # the training process it spawned
 
     def snapshot(self) -> JobSnapshot:
         with self.lock:
@@ -104,7 +106,7 @@ class Job:
                                self.device)
 
     def request_stop(self, reason: str) -> None:
-        """Ask the worker to stop after the current step; it saves what it has and ends as "stopped"."""
+        """Ask the training process to stop after its current step; it saves what it has and ends as "stopped"."""
         with self.lock:
             if self.status in ACTIVE and not self.stop_event.is_set():
                 self.stop_reason = reason

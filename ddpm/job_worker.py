@@ -1,34 +1,39 @@
-"""The worker thread of a training job: builds a Trainer on its own copy of the weights, trains,
-publishes progress and preview samples into the job's record, and never touches the UI.
+"""The worker thread of a training job: spawns the job's training process and keeps the job's record current.
 
-A run ends at its steps, when its owner stops it, when nobody has polled it for
-``heartbeat_timeout_s`` (the visitor left), at the server's time cap, or on an error (NaN loss
-included); the error becomes the job's message and the last saved checkpoint is kept.  The time cap
-is one timer per run (it fires even while a step never reports), cancelled and joined when the run ends.
+The training itself runs in a process of its own (``train_process``), spawned at the lowest OS
+priority.  This thread, in the server's process, hands it a shared-memory copy of the images and the
+run's settings, then relays what it sends (progress, preview samples, the outcome) into the job's
+record under its lock, so snapshots and pages read the job as they always did.  It is also the one
+place that asks the run to stop for the server: when nobody has polled it for ``heartbeat_timeout_s``
+(the visitor left) and at the time cap, both checked every ``POLL_S`` even while a step never reports.
+A run asked to stop (by these, its owner or the shutdown) that has not ended ``grace_s`` later is
+terminated, then killed, and fails saying so; a process that dies without a last word fails too.
 """
 from __future__ import annotations
 
 import logging
-import threading
+import multiprocessing as mp
+import os
 import time
-from dataclasses import replace
-from typing import Any
+from multiprocessing.connection import Connection
 
 import torch
 
 from .checkpoints import WEIGHTS_NAME, Checkpoint
-from .data import CLASS_NAMES, to_hwc_numpy
 from .job_state import Job
-from .pipeline import generate
-from .presets import SCHEDULES, get_preset
-from .sampling_spec import DEFAULT_SPEC
 from .server_limits import ServerLimits
-from .training import NonFiniteLossError, Trainer, TrainProgress
+from .train_process import InitWeights, RunSpec, main, shared_copy, train_threads
+from .training import TrainProgress
 
 log = logging.getLogger(__name__)
 
+SPAWN = mp.get_context("spawn")  # never fork a process whose torch already started threads
+POLL_S = 0.25  # how often the worker looks at the time cap, the heartbeat and the process while nothing arrives
+STOP_GRACE_S = 60.0  # a run asked to stop gets this long (a step, a save, a preview, at nice 19 on busy cores) to end
+
+
 def abandoned(job: Job, limits: ServerLimits) -> str | None:
-    """Why the job must stop now because its page was closed, or None (the time cap is ``time_cap_timer``'s)."""
+    """Why the job must stop now because its page was closed, or None."""
     if time.time() - job.last_heartbeat > limits.heartbeat_timeout_s:
         return f"stopped because its page was closed (no sign of it for {limits.heartbeat_timeout_s:.0f} s)"
     return None
@@ -38,101 +43,119 @@ def time_cap_reason(limits: ServerLimits) -> str:
     return f"stopped at this server's limit of {limits.max_minutes:g} minutes per run"
 
 
-def time_cap_timer(job: Job, limits: ServerLimits) -> threading.Timer:
-    """A started timer that asks the job to stop when the server's time cap, counted from its start, passes."""
-    left = max(0.0, job.started_at + limits.max_minutes * 60 - time.time())
-    timer = threading.Timer(left, job.request_stop, args=(time_cap_reason(limits),))
-    timer.name, timer.daemon = f"ddpm-time-cap-{job.id[:8]}", True
-    timer.start()
-    return timer
-
-
 def eta(job: Job, p: TrainProgress, limits: ServerLimits) -> float:
     """Seconds left: the trainer's estimate, or less when the time cap ends the run first."""
     return max(0.0, min(p.eta_s, job.started_at + limits.max_minutes * 60 - time.time()))
 
 
-def build_trainer(job: Job, images: torch.Tensor, init: Checkpoint | None, data_source: str | None,
-                  device: str, labels: torch.Tensor | None = None) -> Trainer:
-    req = job.request
-    preset = get_preset(req.preset)
-    if init is not None and req.from_pretrained:
-        model_cfg, sched_cfg, init_model = init.model_config, init.schedule_config, init.model
-    else:
-        model_cfg, init_model = preset.model, None
-        sched_cfg = SCHEDULES[req.schedule] if req.schedule else preset.schedule
-    if req.conditional and model_cfg.num_classes is None:  # from unconditional weights: the class embedding starts at 0
-        model_cfg = replace(model_cfg, num_classes=len(CLASS_NAMES))
-    if model_cfg.num_classes is not None and labels is None:
-        raise ValueError("a tissue-conditional run needs the patches' labels")
-    train_cfg = req.train_config()
-    extra: dict[str, Any] = {"preset": req.preset,
-                             "description": "trained in the PathMNIST Diffusion Studio app"
-                                            + (" from the pretrained model" if init_model is not None else "")}
-    if data_source:
-        extra["data"] = data_source
-    if model_cfg.num_classes is not None:
-        extra["class_names"] = list(CLASS_NAMES)
-    return Trainer(model_cfg, sched_cfg, train_cfg, images, out_dir=job.out_dir, device=device,
-                   init_model=init_model, extra_config=extra,
-                   labels=labels if model_cfg.num_classes is not None else None)
+def spawn(job: Job, device: str, images: torch.Tensor, init: Checkpoint | None, data_source: str | None,
+          labels: torch.Tensor | None) -> tuple[mp.process.BaseProcess, Connection]:
+    """Start the job's training process; returns it and the receiving end of its pipe."""
+    weights = None
+    if init is not None and job.request.from_pretrained:  # a copy: the shared model stays the visitors' alone
+        weights = InitWeights(init.model_config, init.schedule_config,
+                              {k: v.detach().clone() for k, v in init.model.state_dict().items()})
+    spec = RunSpec(job.request, job.out_dir, device, data_source, train_threads(), weights)
+    receive, send = SPAWN.Pipe(duplex=False)
+    process = SPAWN.Process(target=main, args=(send, job.stop_event, os.getpid(), spec, shared_copy(images),
+                                               shared_copy(labels)),
+                            daemon=True, name=f"ddpm-train-{job.id[:8]}")
+    process.start()  # the copies travel as shared-memory handles; start() drops its references to them
+    send.close()  # ours: the child's end closing (or dying) is then an EOF here
+    return process, receive
 
 
-def preview(job: Job, trainer: Trainer) -> None:
-    """Samples from the run's current sampling weights (EMA if any) with the default spec (a conditional run: plain
-    conditional, tissues drawn from the prior), then back to training mode."""
-    req = job.request
-    model = trainer.sampling_model()
-    spec = DEFAULT_SPEC.fitted(trainer.schedule.num_timesteps)
-    images = to_hwc_numpy(generate(model, trainer.schedule, req.num_samples, spec, seed=req.seed))
-    trainer.model.train()
+def supervise(job: Job, process, conn: Connection, limits: ServerLimits, grace_s: float = STOP_GRACE_S) -> None:
+    """Relay ``process``'s messages into ``job`` until it ends; stop it at the time cap or when abandoned."""
+    cap_at = job.started_at + limits.max_minutes * 60
+    asked_at = None
+    ended = False
+    while not ended:
+        if conn.poll(POLL_S):
+            try:
+                ended = apply(job, conn.recv(), limits)
+            except EOFError:  # gone without a last word: killed, out of memory, a crash in native code
+                process.join(grace_s)
+                with job.lock:
+                    job.status = "failed"
+                    job.message = (f"the training process ended unexpectedly (exit code {process.exitcode})."
+                                   + saved_note(job))
+                ended = True
+            if ended:
+                break
+        now = time.time()  # checked after every message too: a run reporting every few ms is still capped
+        if not job.stop_event.is_set():  # asked once: a stop already asked (by anyone) is not asked again
+            reason = time_cap_reason(limits) if now >= cap_at else abandoned(job, limits)
+            if reason:
+                job.request_stop(reason)
+        if job.stop_event.is_set():
+            asked_at = asked_at or now
+            if now - asked_at > grace_s:
+                end_process(process)
+                with job.lock:
+                    job.status = "failed"
+                    job.message = (f"{job.stop_reason or 'stopped'}, but the training process did not stop within "
+                                   f"{grace_s:g} s, so it was ended." + saved_note(job))
+                ended = True
+    process.join(grace_s)
+    if process.is_alive():
+        end_process(process)
+    conn.close()
+
+
+def end_process(process) -> None:
+    """Terminate, then kill if it still runs after 2 s."""
+    process.terminate()
+    process.join(2.0)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
+def saved_note(job: Job) -> str:
+    return " The last checkpoint it saved is kept." if (job.out_dir / WEIGHTS_NAME).is_file() else ""
+
+
+def apply(job: Job, message: tuple, limits: ServerLimits) -> bool:
+    """Write one message from the training process into the job's record; True when it was the last."""
+    kind, *body = message
     with job.lock:
-        job.samples, job.samples_step = images, trainer.step
+        if kind == "running":
+            job.device = body[0]
+            if job.status == "starting":
+                job.status, job.message = "running", f"training on {body[0].split(':')[0].upper()}"
+        elif kind == "progress":
+            p: TrainProgress = body[0]
+            job.step, job.max_steps = p.step, p.max_steps
+            job.loss_steps.append(p.step)
+            job.losses.append(p.loss)
+            job.images_per_sec, job.eta_s = p.images_per_sec, eta(job, p, limits)
+        elif kind == "samples":
+            job.samples, job.samples_step = body
+        elif kind == "stopped":
+            job.status = "stopped"
+            job.message = f"{job.stop_reason or 'stopped'} at step {body[0]:,}; what it learned is saved"
+        elif kind == "finished":
+            job.status, job.message = "finished", f"finished {body[0]:,} steps"
+        elif kind == "failed":
+            job.status, job.message = "failed", body[0]
+        else:
+            raise ValueError(f"unknown message from a training process: {kind!r}")
+    return kind in ("stopped", "finished", "failed")
 
 
 def run_job(job: Job, limits: ServerLimits, device: str, images: torch.Tensor, init: Checkpoint | None,
             data_source: str | None, labels: torch.Tensor | None = None) -> None:
-    """The body of a job's thread: train, keep the record current, end with a status and a message."""
-    req = job.request
-    cap = time_cap_timer(job, limits)
+    """The body of a job's thread: spawn its process, relay until it ends, end with a status and a message."""
     try:
-        trainer = build_trainer(job, images, init, data_source, device, labels)
+        process, conn = spawn(job, device, images, init, data_source, labels)
         with job.lock:
-            job.device = str(trainer.device)
-            if job.status == "starting":
-                job.status, job.message = "running", f"training on {trainer.device.type.upper()}"
-
-        def on_progress(p: TrainProgress) -> None:
-            with job.lock:
-                job.step, job.max_steps = p.step, p.max_steps
-                job.loss_steps.append(p.step)
-                job.losses.append(p.loss)
-                job.images_per_sec, job.eta_s = p.images_per_sec, eta(job, p, limits)
-            if p.step % req.sample_every == 0 or p.step == p.max_steps:
-                preview(job, trainer)
-            reason = abandoned(job, limits)
-            if reason:
-                job.request_stop(reason)
-
-        result = trainer.train(callback=on_progress, stop_event=job.stop_event)
-        if job.samples_step != trainer.step:
-            preview(job, trainer)
-        with job.lock:
-            if result.stopped:
-                job.status = "stopped"
-                job.message = f"{job.stop_reason or 'stopped'} at step {result.steps:,}; what it learned is saved"
-            else:
-                job.status, job.message = "finished", f"finished {result.steps:,} steps"
-    except NonFiniteLossError as err:
-        with job.lock:
-            job.status, job.message = "failed", str(err)
+            job.process = process
+        supervise(job, process, conn, limits, grace_s=STOP_GRACE_S)
     except Exception as err:  # the job's message is the only place a visitor can see what happened
         log.exception("training job %s failed", job.id)
         with job.lock:
-            saved = " The last checkpoint it saved is kept." if (job.out_dir / WEIGHTS_NAME).is_file() else ""
-            job.status, job.message = "failed", f"training failed: {type(err).__name__}: {err}.{saved}"
+            job.status, job.message = "failed", f"training failed: {type(err).__name__}: {err}.{saved_note(job)}"
     finally:
-        cap.cancel()
-        cap.join()  # nothing of the run outlives it
         with job.lock:
             job.finished_at, job.eta_s = time.time(), None

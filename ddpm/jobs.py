@@ -1,12 +1,16 @@
-"""The server's training-job registry: at most one active job, each in its own worker thread.
+"""The server's training-job registry: at most one active job, each trained in a process of its own.
 
 The registry only keeps the books: who holds the training slot, which run folders exist and when
 they go, and whose each run is: a visitor (``job_state.Visitor``, 128 random bits) can stop, keep
-alive or replace only their own runs.  A run holds the slot at most for the server's time cap (its
-worker's timer asks it to stop then, even between progress reports).  Run folders of finished or
-abandoned runs are deleted ``keep_s`` after they end (a janitor thread looks every few seconds), all of them at ``shutdown`` and at interpreter
-exit, and the folders a killed server left behind when the next registry starts.  What a request may ask is ``train_request``/``server_limits``; what a job's thread does is
-``job_worker``; a job's state is ``job_state``.
+alive or replace only their own runs.  Each job has a worker thread in the server's process
+(``job_worker``) that spawns the job's training process (``train_process``, at the lowest OS
+priority, so visitors' sampling comes first) and relays its progress and previews into the job's
+record (``job_state``); it stops the run at the server's time cap and when its page stopped polling.
+No training process outlives the server: ``shutdown`` (also run at interpreter exit) stops and joins
+every one, killing any that does not end in time, and a process whose server was killed ends itself
+within a second.  Run folders of finished or abandoned runs are deleted ``keep_s`` after they end (a
+janitor thread looks every few seconds), all of them at ``shutdown``, and the folders a killed server
+left behind when the next registry starts.  What a request may ask is ``train_request``/``server_limits``.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import torch
 
 from .checkpoints import Checkpoint
 from .job_state import ACTIVE, Job, JobSnapshot, Visitor
-from .job_worker import run_job
+from .job_worker import end_process, run_job
 from .server_limits import ServerLimits
 from .train_request import TrainRequest
 
@@ -76,10 +80,10 @@ class JobBusyError(RuntimeError):
 
 
 class JobRegistry:
-    """The server's training jobs: at most one active at a time, each in its own worker thread.
+    """The server's training jobs: at most one active at a time, each trained in its own process.
 
-    ``images`` given to ``start`` are uint8 (N, 3, H, W); ``init`` is a loaded Checkpoint to fine-tune
-    (it is only read: the trainer copies its weights).  Finished runs stay downloadable until their
+    ``images`` given to ``start`` are uint8 (N, 3, H, W), handed to the process as a shared-memory copy;
+    ``init`` is a loaded Checkpoint to fine-tune (only read: the process gets a copy of its weights).  Finished runs stay downloadable until their
     owner starts another or ``keep_s`` (default: the limits' ``keep_runs_minutes``) passes.  The job
     table is read and written only under ``_lock``.
     """
@@ -156,15 +160,21 @@ class JobRegistry:
         return job.snapshot()
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop every job, wait for the workers and delete every run folder (and the root, if temporary)."""
+        """Stop every job, wait up to ``timeout`` s in all for their processes to save and end (then end them),
+        and delete every run folder (and the root, if temporary)."""
         self._closed.set()
         with self._lock:
             jobs = list(self._jobs.values())
         for job in jobs:
             job.request_stop("the server is shutting down")
+        deadline = time.time() + timeout
         for job in jobs:
             if job.thread is not None:
-                job.thread.join(timeout)
+                job.thread.join(max(0.0, deadline - time.time()))
+            with job.lock:
+                process = job.process
+            if process is not None and process.is_alive():
+                end_process(process)
             shutil.rmtree(job.out_dir, ignore_errors=True)
         with self._lock:
             self._jobs.clear()

@@ -1,6 +1,12 @@
-"""The training-job registry (ddpm.jobs), with tiny runs of the seed preset."""
+"""The training-job registry (ddpm.jobs), with tiny runs of the seed preset.
+
+A real run spawns a training process (2-4 s to import torch), so only the tests about what that
+process does spawn one; the registry's books and the worker's rules are tested with runs played by a
+thread (``stand_in``) that speaks the process's messages.
+"""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -11,12 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm.checkpoints import Checkpoint, load_local, make_config
+from ddpm import job_worker
+from ddpm.checkpoints import WEIGHTS_NAME, Checkpoint, load_local, make_config
 from ddpm.job_state import Visitor
 from ddpm.jobs import ROOT_PREFIX, JobBusyError, JobRegistry, remove_abandoned_roots
 from ddpm.server_limits import HOSTED_LIMITS, ServerLimits
 from ddpm.train_request import TrainRequest
-from ddpm.training import TrainConfig
+from ddpm.train_process import train_threads
+from ddpm.training import TrainConfig, TrainProgress
 from ddpm.presets import get_preset
 from ddpm.unet import build_unet
 
@@ -28,6 +36,116 @@ A, B = Visitor("a" * 32), Visitor("b" * 32)
 
 @pytest.fixture
 def registry(tmp_path):
+    reg = JobRegistry(ServerLimits(), root=tmp_path / "runs", device="cpu")
+    yield reg
+    reg.shutdown()
+
+
+# ---- processes ----------------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _nice_of_every_thread(pid: int) -> set[int]:
+    return {int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) for task in Path(f"/proc/{pid}/task").iterdir()}
+
+
+def _training_processes() -> list:
+    return [p for p in multiprocessing.active_children() if p.name.startswith("ddpm-train-")]
+
+
+class ThreadProcess:
+    """A training process played by a thread: ``body(send, job, ended)`` sends what the process would and
+    returns its exit code; ``terminate``/``kill`` set ``ended`` (exit code -9) and the body ends when it looks."""
+
+    def __init__(self, body, job):
+        self.receive, send = multiprocessing.Pipe(duplex=False)
+        self.ended, self.exitcode = threading.Event(), None
+        self._thread = threading.Thread(target=self._run, args=(body, send, job), daemon=True)
+        self._thread.start()
+
+    def _run(self, body, send, job) -> None:
+        code = body(send, job, self.ended)
+        send.close()
+        self.exitcode = -9 if self.ended.is_set() else code
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def terminate(self) -> None:
+        self.ended.set()
+
+    kill = terminate
+
+
+def steps_until_stopped(send, job, ended) -> int:
+    """A run: one report per step (10 ms each) until its steps or a stop, then its weights and the outcome."""
+    send.send(("running", "cpu"))
+    step = 0
+    while step < job.request.steps and not job.stop_event.is_set() and not ended.is_set():
+        step += 1
+        send.send(("progress", TrainProgress(step, job.request.steps, 0.5, 1e-3, 100.0, 0.01 * step)))
+        time.sleep(0.01)
+    (job.out_dir / WEIGHTS_NAME).write_bytes(b"stand-in")
+    send.send(("stopped" if job.stop_event.is_set() else "finished", step))
+    return 0
+
+
+def never_reports(send, job, ended) -> int:
+    """A step that never ends and never looks at the stop event."""
+    send.send(("running", "cpu"))
+    ended.wait(60)
+    return 0
+
+
+def dies(send, job, ended) -> int:
+    """Killed from outside (out of memory, say) after it started: no last word."""
+    send.send(("running", "cpu"))
+    ended.set()
+    return -9
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """``stand_in(body)``: the registry's runs are played by ``ThreadProcess(body)``; returns the list of them."""
+    processes = []
+
+    def use(body):
+        def spawn(job, *args):
+            processes.append(ThreadProcess(body, job))
+            return processes[-1], processes[-1].receive
+
+        monkeypatch.setattr(job_worker, "spawn", spawn)
+        return processes
+
+    return use
+
+
+@pytest.fixture
+def books(tmp_path, stand_in):
+    """A registry whose runs are stand-ins: for what the registry books, not what training does."""
+    stand_in(steps_until_stopped)
     reg = JobRegistry(ServerLimits(), root=tmp_path / "runs", device="cpu")
     yield reg
     reg.shutdown()
@@ -51,25 +169,33 @@ def _wait_until(predicate, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_job_trains_in_the_background_and_publishes_losses_samples_and_a_checkpoint(registry, tiny_images):
-    request = TrainRequest(steps=4, **TINY)
+def test_a_job_trains_in_its_own_process_and_publishes_losses_samples_and_a_checkpoint(registry, tiny_images):
+    request = TrainRequest(steps=4, schedule="cosine", **TINY)
     snap = registry.start(request, A, tiny_images, data_source="toy")
     assert snap.active and snap.owner == "visitor aaaa"
     done = registry.wait(snap.id, timeout=120)
     assert done.status == "finished" and done.message == "finished 4 steps"
     assert done.step == 4 and done.loss_steps == (1, 2, 3, 4) and len(done.losses) == 4
-    assert all(loss > 0 for loss in done.losses) and done.images_per_sec > 0
+    assert all(loss > 0 for loss in done.losses) and done.images_per_sec > 0 and done.device == "cpu"
     assert done.samples.shape == (2, 28, 28, 3) and done.samples.dtype.name == "uint8" and done.samples_step == 4
     assert done.has_checkpoint and not done.active and done.ends_at == done.finished_at
     saved = load_local(done.out_dir)
     assert saved.config["training"]["steps"] == 4 and saved.config["data"] == "toy"
+    assert saved.schedule_config.kind == "cosine"
     assert TrainConfig.from_dict(saved.config["training"]) == request.train_config()  # what was checked is what ran
     assert registry.active() is None
+    assert _training_processes() == []  # nothing of the run outlives it
 
 
-def test_one_job_at_a_time_and_the_busy_error_says_whose_and_when(registry, tiny_images):
+def test_a_live_run_is_alone_runs_at_the_lowest_priority_shows_previews_and_stops_when_asked(registry, tiny_images):
     first = registry.start(TrainRequest(steps=20_000, **TINY), A, tiny_images)
-    _wait_until(lambda: registry.get(first.id).step >= 2)
+    _wait_until(lambda: registry.get(first.id).samples_step is not None)
+    running = registry.get(first.id)
+    assert running.status == "running" and running.step >= 2 and running.samples.shape == (2, 28, 28, 3)
+    assert 0 < running.eta_s and running.losses
+    [process] = _training_processes()
+    assert os.getpriority(os.PRIO_PROCESS, process.pid) == 19
+    assert _nice_of_every_thread(process.pid) == {19}  # torch's threads too: they were started after the nice
     with pytest.raises(JobBusyError, match=r"visitor aaaa is training a model \(step [\d,]+ of 20,000\); it should end around") as err:
         registry.start(TrainRequest(steps=4, **TINY), B, tiny_images)
     assert err.value.holder.id == first.id
@@ -77,11 +203,22 @@ def test_one_job_at_a_time_and_the_busy_error_says_whose_and_when(registry, tiny
     stopped = registry.wait(first.id, timeout=60)
     assert stopped.status == "stopped" and stopped.message.startswith("stopped by you at step")
     assert stopped.has_checkpoint  # stopping saves what the run has
-    second = registry.start(TrainRequest(steps=2, **TINY), B, tiny_images)
-    assert registry.wait(second.id, timeout=60).status == "finished"
+    assert load_local(stopped.out_dir).config["training"]["steps"] == stopped.step
+    assert not process.is_alive() and not _alive(process.pid)
 
 
-def test_a_job_whose_page_stopped_polling_ends_by_itself(tmp_path, tiny_images):
+def test_the_time_cap_ends_a_run_with_a_message(tmp_path, tiny_images):
+    reg = JobRegistry(ServerLimits(max_minutes=0.002), root=tmp_path, device="cpu")
+    try:
+        snap = reg.start(TrainRequest(steps=20_000, **TINY), A, tiny_images)
+        done = reg.wait(snap.id, timeout=60)
+        assert done.status == "stopped" and "limit of 0.002 minutes" in done.message and done.has_checkpoint
+    finally:
+        reg.shutdown()
+
+
+def test_a_job_whose_page_stopped_polling_ends_by_itself(tmp_path, tiny_images, stand_in):
+    stand_in(steps_until_stopped)
     reg = JobRegistry(ServerLimits(heartbeat_timeout_s=0.3), root=tmp_path, device="cpu")
     try:
         snap = reg.start(TrainRequest(steps=20_000, **TINY), A, tiny_images)
@@ -91,7 +228,8 @@ def test_a_job_whose_page_stopped_polling_ends_by_itself(tmp_path, tiny_images):
         reg.shutdown()
 
 
-def test_heartbeats_keep_a_job_alive(tmp_path, tiny_images):
+def test_heartbeats_keep_a_job_alive(tmp_path, tiny_images, stand_in):
+    stand_in(steps_until_stopped)
     reg = JobRegistry(ServerLimits(heartbeat_timeout_s=1.0), root=tmp_path, device="cpu")
     try:
         snap = reg.start(TrainRequest(steps=20_000, **TINY), A, tiny_images)
@@ -103,30 +241,9 @@ def test_heartbeats_keep_a_job_alive(tmp_path, tiny_images):
         reg.shutdown()
 
 
-def test_the_hosted_time_cap_ends_a_run_with_a_message(tmp_path, tiny_images):
-    reg = JobRegistry(ServerLimits(max_minutes=0.002), root=tmp_path, device="cpu")
-    try:
-        snap = reg.start(TrainRequest(steps=20_000, **TINY), A, tiny_images)
-        done = reg.wait(snap.id, timeout=60)
-        assert done.status == "stopped" and "limit of 0.002 minutes" in done.message
-    finally:
-        reg.shutdown()
-
-
-def _time_cap_timers() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if isinstance(t, threading.Timer)}
-
-
-def test_the_time_cap_is_one_timer_that_stops_a_silent_step_and_is_gone_when_the_job_ends(tmp_path, tiny_images,
-                                                                                          monkeypatch):
-    from ddpm import job_worker
+def test_the_time_cap_stops_a_step_that_never_reports_and_ends_a_process_that_does_not_stop(tmp_path, tiny_images,
+                                                                                            stand_in, monkeypatch):
     from ddpm.job_state import Job
-    from ddpm.training import TrainProgress, TrainResult
-
-    def silent_train(self, callback=None, stop_event=None, max_steps=None):  # one endless step, then one last report
-        stop_event.wait(60)
-        callback(TrainProgress(1, 20_000, 0.5, 1e-3, 1.0, 1.0))
-        return TrainResult(1, stop_event.is_set(), 0.5, 1.0, self.out_dir)
 
     stops, request_stop = [], Job.request_stop
 
@@ -135,30 +252,32 @@ def test_the_time_cap_is_one_timer_that_stops_a_silent_step_and_is_gone_when_the
         request_stop(job, reason)
 
     monkeypatch.setattr(Job, "request_stop", noted_request_stop)
-    monkeypatch.setattr(job_worker.Trainer, "train", silent_train)
+    monkeypatch.setattr(job_worker, "STOP_GRACE_S", 0.5)
+    processes = stand_in(never_reports)
     limits = ServerLimits(max_minutes=0.005)
     reg = JobRegistry(limits, root=tmp_path, device="cpu")
-    timers_before = _time_cap_timers()
     try:
         snap = reg.start(TrainRequest(steps=20_000, **{**TINY, "sample_every": 1000}), A, tiny_images)
         done = reg.wait(snap.id, timeout=60)
-        assert done.status == "stopped" and "limit of 0.005 minutes" in done.message
-        assert reg.active() is None
-        # the report after the cap does not ask again: one mechanism, one request
-        assert stops == [job_worker.time_cap_reason(limits)]
-        assert _time_cap_timers() == timers_before  # the timer ended with the job
+        assert done.status == "failed" and done.message == (
+            "stopped at this server's limit of 0.005 minutes per run, but the training process did not stop "
+            "within 0.5 s, so it was ended.")
+        assert stops == [job_worker.time_cap_reason(limits)]  # asked once, though checked every POLL_S
+        assert reg.active() is None and not processes[0].is_alive()
     finally:
         reg.shutdown()
 
 
-def test_a_job_that_ends_before_its_time_cap_leaves_no_timer_behind(registry, tiny_images):
-    timers_before = _time_cap_timers()
-    snap = registry.start(TrainRequest(steps=1, **{**TINY, "sample_every": 1000}), A, tiny_images)
-    assert registry.wait(snap.id, timeout=60).status == "finished"
-    assert _time_cap_timers() == timers_before
+def test_a_training_process_that_dies_without_a_word_fails_its_job(registry, tiny_images, stand_in):
+    stand_in(dies)
+    done = registry.wait(registry.start(TrainRequest(steps=20_000, **TINY), A, tiny_images).id, timeout=60)
+    assert done.status == "failed" and done.message == "the training process ended unexpectedly (exit code -9)."
+    assert registry.active() is None
 
 
-def test_a_finished_runs_folder_is_deleted_after_a_while_without_anyone_starting_another(tmp_path, tiny_images):
+def test_a_finished_runs_folder_is_deleted_after_a_while_without_anyone_starting_another(tmp_path, tiny_images,
+                                                                                        stand_in):
+    stand_in(steps_until_stopped)
     reg = JobRegistry(ServerLimits(), root=tmp_path, device="cpu", keep_s=2.0)
     try:
         done = reg.wait(reg.start(TrainRequest(steps=1, **TINY), A, tiny_images).id, timeout=60)
@@ -169,26 +288,68 @@ def test_a_finished_runs_folder_is_deleted_after_a_while_without_anyone_starting
         reg.shutdown()
 
 
-def test_run_folders_are_deleted_when_the_server_process_exits(tmp_path):
-    script = (
-        "import torch\n"
-        "from ddpm.job_state import Visitor\n"
-        "from ddpm.jobs import JobRegistry\n"
-        "from ddpm.server_limits import ServerLimits\n"
-        "from ddpm.train_request import TrainRequest\n"
-        "reg = JobRegistry(ServerLimits(), device='cpu')\n"
-        "images = torch.randint(0, 256, (8, 3, 28, 28), dtype=torch.uint8)\n"
-        "snap = reg.start(TrainRequest(preset='seed', steps=20000, batch_size=4, sample_every=1000), Visitor.new(), images)\n"
-        "import time\n"
-        "while not reg.get(snap.id).step: time.sleep(0.05)\n"
-        "print(snap.out_dir.parent, flush=True)\n"  # then exit with the job still running
-    )
+SERVER = (  # a server in miniature: a registry with one long run going, then the last line of the brief
+    "import multiprocessing, time, torch\n"
+    "from ddpm.job_state import Visitor\n"
+    "from ddpm.jobs import JobRegistry\n"
+    "from ddpm.server_limits import ServerLimits\n"
+    "from ddpm.train_request import TrainRequest\n"
+    "reg = JobRegistry(ServerLimits(), device='cpu')\n"
+    "images = torch.randint(0, 256, (8, 3, 28, 28), dtype=torch.uint8)\n"
+    "snap = reg.start(TrainRequest(preset='seed', steps=20000, batch_size=4, sample_every=1000), Visitor.new(), images)\n"
+    "while not reg.get(snap.id).step: time.sleep(0.05)\n"
+    "print(snap.out_dir.parent, *[p.pid for p in multiprocessing.active_children()], flush=True)\n"
+)
+
+
+def test_a_server_that_exits_stops_its_training_process_and_deletes_the_run_folders(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    root = Path(out.stdout.strip())
+    out = subprocess.run([sys.executable, "-c", SERVER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+    root, *pids = out.stdout.split()
+    root = Path(root)
     assert root.parent == tmp_path and root.name.startswith(ROOT_PREFIX)
     assert not root.exists()
+    assert len(pids) == 1
+    _wait_until(lambda: not _alive(int(pids[0])), timeout=10)
+
+
+def test_a_killed_server_leaves_no_process_behind(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    server = subprocess.Popen([sys.executable, "-c", SERVER + "time.sleep(600)\n"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        _, pid = server.stdout.readline().split()
+        descendants = _descendants(server.pid)
+        assert int(pid) in descendants  # the training process (and the multiprocessing helpers, if any)
+        server.kill()
+        server.wait(10)
+        _wait_until(lambda: not any(_alive(p) for p in descendants), timeout=10)
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_training_process_whose_server_was_killed_mid_step_ends_by_itself(tmp_path):
+    child = ("import sys, time\n"  # a step that never reports: only the watchdog can notice the server is gone
+             "from ddpm.train_process import watch_parent\n"
+             "watch_parent(int(sys.argv[1]))\n"
+             "print('watching', flush=True)\n"
+             "time.sleep(600)\n")
+    server = ("import os, subprocess, sys, time\n"
+              f"child = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())])\n"
+              "print(child.pid, flush=True)\n"
+              "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", server], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline())
+        assert proc.stdout.readline().strip() == "watching" and _alive(pid)
+        proc.kill()
+        proc.wait(10)
+        _wait_until(lambda: not _alive(pid), timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_the_run_folders_of_a_killed_server_are_deleted_by_the_next_one(tmp_path):
@@ -208,7 +369,7 @@ def test_a_nan_loss_fails_the_job_with_the_trainers_message(registry, tiny_image
     assert registry.active() is None  # the server is free again
 
 
-def test_an_exception_in_the_worker_fails_the_job_with_what_happened(registry, tiny_images):
+def test_an_exception_in_the_training_process_fails_the_job_with_what_happened(registry, tiny_images):
     snap = registry.start(TrainRequest(steps=4, **{**TINY, "batch_size": 64}), A, tiny_images)
     done = registry.wait(snap.id, timeout=60)
     assert done.status == "failed" and "16 images cannot fill one batch of 64" in done.message
@@ -259,12 +420,6 @@ def test_a_request_over_the_servers_limits_is_not_also_refused_again_by_the_trai
     assert "steps must be between 1 and" in str(err.value) and "invalid training settings" not in str(err.value)
 
 
-def test_a_chosen_schedule_is_the_one_the_run_trains_with(registry, tiny_images):
-    snap = registry.start(TrainRequest(steps=1, schedule="cosine", **{**TINY, "sample_every": 100}), A, tiny_images)
-    done = registry.wait(snap.id, timeout=60)
-    assert load_local(done.out_dir).schedule_config.kind == "cosine"
-
-
 def test_every_limit_is_bounded_without_any_environment_and_stricter_when_hosted():
     local, hosted = ServerLimits.from_env({}), ServerLimits.from_env({"DDPM_HOSTED": "1"})
     assert local == ServerLimits() and not local.hosted
@@ -294,12 +449,12 @@ def test_hosted_caps_come_from_the_environment():
         ServerLimits.from_env({"DDPM_MAX_BATCH": "0"})
 
 
-def test_starting_again_deletes_the_owners_previous_run_and_shutdown_deletes_all(registry, tiny_images):
-    first = registry.wait(registry.start(TrainRequest(steps=1, **TINY), A, tiny_images).id, timeout=60)
+def test_starting_again_deletes_the_owners_previous_run_and_shutdown_deletes_all(books, tiny_images):
+    first = books.wait(books.start(TrainRequest(steps=1, **TINY), A, tiny_images).id, timeout=60)
     assert first.out_dir.is_dir()
-    second = registry.wait(registry.start(TrainRequest(steps=1, **TINY), A, tiny_images).id, timeout=60)
-    assert not first.out_dir.exists() and registry.get(first.id) is None and second.out_dir.is_dir()
-    registry.shutdown()
+    second = books.wait(books.start(TrainRequest(steps=1, **TINY), A, tiny_images).id, timeout=60)
+    assert not first.out_dir.exists() and books.get(first.id) is None and second.out_dir.is_dir()
+    books.shutdown()
     assert not second.out_dir.exists()
 
 
@@ -320,7 +475,7 @@ class OwnedLock:
 
 
 class CheckedTable(dict):
-    """The registry's job table, noting every access made without the registry's lock held by the caller."""
+    """The books's job table, noting every access made without the books's lock held by the caller."""
 
     def __init__(self, lock: OwnedLock):
         super().__init__()
@@ -340,7 +495,8 @@ for _name in ("get", "__getitem__", "__setitem__", "__delitem__", "__contains__"
     setattr(CheckedTable, _name, _checked)
 
 
-def test_every_read_and_write_of_the_job_table_holds_the_registrys_lock(tmp_path, tiny_images):
+def test_every_read_and_write_of_the_job_table_holds_the_registrys_lock(tmp_path, tiny_images, stand_in):
+    stand_in(steps_until_stopped)
     reg = JobRegistry(ServerLimits(), root=tmp_path, device="cpu", keep_s=3600)
     reg._lock = OwnedLock()
     reg._jobs = table = CheckedTable(reg._lock)
@@ -364,25 +520,31 @@ def test_a_new_visitor_has_128_random_bits_and_a_short_name_for_others():
     assert a.name == f"visitor {a.id[:4]}"
 
 
-def test_two_visitors_with_the_same_name_cannot_delete_stop_or_keep_alive_each_others_runs(registry, tiny_images):
+def test_two_visitors_with_the_same_name_cannot_delete_stop_or_keep_alive_each_others_runs(books, tiny_images):
     first, second = Visitor("abcd" + "0" * 28), Visitor("abcd" + "1" * 28)
     assert first.name == second.name  # what others see collides; who owns what does not
-    done = registry.wait(registry.start(TrainRequest(steps=1, **TINY), first, tiny_images).id, timeout=60)
+    done = books.wait(books.start(TrainRequest(steps=1, **TINY), first, tiny_images).id, timeout=60)
     assert done.status == "finished" and done.has_checkpoint
 
-    running = registry.start(TrainRequest(steps=20_000, **{**TINY, "sample_every": 1000}), second, tiny_images)
-    assert registry.get(done.id) is not None and done.out_dir.is_dir()  # the other's Start left the finished run alone
+    running = books.start(TrainRequest(steps=20_000, **{**TINY, "sample_every": 1000}), second, tiny_images)
+    assert books.get(done.id) is not None and done.out_dir.is_dir()  # the other's Start left the finished run alone
     with pytest.raises(PermissionError, match="another visitor's"):
-        registry.stop(running.id, first)
+        books.stop(running.id, first)
     with pytest.raises(PermissionError, match="another visitor's"):
-        registry.heartbeat(running.id, first)
-    assert registry.get(running.id).status in ("starting", "running")
+        books.heartbeat(running.id, first)
+    assert books.get(running.id).status in ("starting", "running")
     with pytest.raises(JobBusyError) as busy:
-        registry.start(TrainRequest(steps=1, **TINY), first, tiny_images)
+        books.start(TrainRequest(steps=1, **TINY), first, tiny_images)
     assert second.name in str(busy.value) and second.id not in str(busy.value)  # others see the name, never the id
 
-    registry.stop(running.id, second)
-    assert registry.wait(running.id, timeout=60).status == "stopped"
-    again = registry.start(TrainRequest(steps=1, **TINY), second, tiny_images)  # replaces only second's own run
-    assert registry.get(running.id) is None and registry.get(done.id) is not None and done.out_dir.is_dir()
-    registry.wait(again.id, timeout=60)
+    books.stop(running.id, second)
+    assert books.wait(running.id, timeout=60).status == "stopped"
+    again = books.start(TrainRequest(steps=1, **TINY), second, tiny_images)  # replaces only second's own run
+    assert books.get(running.id) is None and books.get(done.id) is not None and done.out_dir.is_dir()
+    books.wait(again.id, timeout=60)
+
+
+def test_the_training_process_uses_one_thread_unless_told_and_refuses_a_bad_count():
+    assert train_threads({}) == 1 and train_threads({"DDPM_TRAIN_THREADS": "2"}) == 2
+    with pytest.raises(ValueError, match=r"DDPM_TRAIN_THREADS='0' must be a whole number"):
+        train_threads({"DDPM_TRAIN_THREADS": "0"})
