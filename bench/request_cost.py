@@ -1,5 +1,5 @@
-"""What the app's requests cost (``ddpm.cost``) and how fast this CPU serves them: the numbers behind the
-hosted budget (``ServerLimits.max_request_gflop``) and the deadline (``ddpm.cost.CPU_GFLOPS``).
+"""What the app's requests cost (``ddpm.serving.cost``) and how fast this CPU serves them: the numbers behind the
+hosted budget (``ServerLimits.max_request_gflop``) and the deadline (``ddpm.serving.cost.CPU_GFLOPS``).
 
 Part one counts, from the shipped checkpoints' configs, each request the app makes with its recommended
 settings: Home's 16 samples, Reverse's 16-image trajectory at every sampler (DDPM, and DDIM / DPM-Solver++ at
@@ -26,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ddpm.checkpoints import SHIPPED_DIR, load_local  # noqa: E402
 from ddpm.data import SPLIT_SIZES  # noqa: E402
-from ddpm.cost import CPU_GFLOPS, SCORING_GFLOPS, deadline_s, reference_encoding_flops, request_cost  # noqa: E402
+from ddpm.serving.cost import CPU_GFLOPS, SCORING_GFLOPS, deadline_s, reference_encoding_flops, request_cost  # noqa: E402
 from ddpm.pipeline import generate  # noqa: E402
 from ddpm.sampling_spec import MAX_GUIDANCE, SamplingSpec  # noqa: E402
-from ddpm.server_limits import HOSTED_LIMITS, ServerLimits  # noqa: E402
+from ddpm.serving.server_limits import HOSTED_LIMITS, ServerLimits  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -97,7 +97,7 @@ def scoring_throughput() -> dict:
 def markdown(result: dict) -> str:
     lines = ["# What the app's requests cost", "", f"Written by `bench/request_cost.py` on {result['date']} "
              f"({result['machine']}, torch {result['torch']}). FLOPs are counted from each model's config "
-             "(`ddpm.cost`, equal to torch's FlopCounterMode on the network). Hosted budget "
+             "(`ddpm.serving.cost`, equal to torch's FlopCounterMode on the network). Hosted budget "
              f"{result['hosted_budget_gflop']:,.0f} GFLOP per request, developer default {result['developer_budget_gflop']:,.0f}; "
              f"the deadline assumes {result['cpu_gflops_constant']} GFLOP/s for network passes and "
              f"{result['scoring_gflops_constant']} for scoring.", "",

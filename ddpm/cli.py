@@ -354,7 +354,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoints import SHIPPED_DIR, load_local
-    from .preview import home_request, make_preview, write_preview
+    from .serving.preview import home_request, make_preview, write_preview
 
     folder = Path(args.checkpoint).expanduser()
     folder = folder if folder.is_dir() else SHIPPED_DIR / args.checkpoint

@@ -4,7 +4,8 @@ import streamlit as st
 from ddpm.data import CLASS_NAMES, DATA_CREDIT, SPLIT_SIZES
 from ddpm.explain import describe_checkpoint, preset_comparison
 from ddpm.schedules import NoiseSchedule, ScheduleConfig
-from pages._shared import PRETRAINED, keep_training_alive, load_model
+from pages._shared import keep_training_alive
+from pages._models import load_model, PRETRAINED
 
 keep_training_alive()
 st.title("About this model")

@@ -5,8 +5,11 @@ from ddpm.data import CLASS_NAMES, to_chw_tensor, to_hwc_numpy
 from ddpm.explain import patches_like, pick_patches
 from ddpm.figures import (class_histogram_figure, color_histogram_figure, memorization_figure, metrics_table_figure,
                           ratio_histogram_figure, side_by_side_figure, tissue_rows_figure)
-from pages._shared import (PRIOR, Tissue, cached_samples, caches, evaluation_report, keep_training_alive, limits,
-                           model_picker, real_images, run_evaluation, show, tissue_encoder, tissue_picker)
+from ddpm.pipeline import PRIOR
+from pages._shared import caches, keep_training_alive, limits, real_images, show
+from pages._models import model_picker
+from pages._pickers import Tissue, tissue_picker
+from pages._compute import cached_samples, evaluation_report, run_evaluation, tissue_encoder
 
 PER_TISSUE = 4  # generated and real patches per tissue row
 

@@ -16,9 +16,12 @@ grid.plotly_chart(side_by_side_frame("generated", "real patches"))
 
 from ddpm.data import CLASS_NAMES, DATA_CREDIT, to_hwc_numpy  # noqa: E402
 from ddpm.explain import describe_checkpoint, pick_patches  # noqa: E402
-from ddpm.preview import PREVIEW_NAME, PREVIEW_SEED, home_request  # noqa: E402
-from pages._shared import (PRIOR, SAMPLER_LABELS, bundled_real_images, cached_samples, keep_training_alive,  # noqa: E402
-                           model_picker, show, stored_preview, tissue_picker)
+from ddpm.serving.preview import PREVIEW_NAME, PREVIEW_SEED, home_request  # noqa: E402
+from ddpm.pipeline import PRIOR  # noqa: E402
+from pages._shared import bundled_real_images, keep_training_alive, show  # noqa: E402
+from pages._models import model_picker, stored_preview  # noqa: E402
+from pages._pickers import SAMPLER_LABELS, tissue_picker  # noqa: E402
+from pages._compute import cached_samples  # noqa: E402
 
 keep_training_alive()
 model = model_picker(drawn_ahead=grid)

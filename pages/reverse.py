@@ -6,8 +6,10 @@ from ddpm.export import trajectory_gif
 from ddpm.figures import denoising_animation_figure, side_by_side_figure, trajectory_times
 from ddpm.imaging import png_bytes
 from ddpm.sampling_spec import SamplingSpec
-from pages._shared import (SAMPLER_LABELS, Tissue, cached_trajectory, caches, keep_training_alive, model_picker, show,
-                           tissue_picker)
+from pages._shared import caches, keep_training_alive, show
+from pages._models import model_picker
+from pages._pickers import SAMPLER_LABELS, Tissue, tissue_picker
+from pages._compute import cached_trajectory
 
 DEFAULTS = {"seed": 0, "n": 9}
 

@@ -4,10 +4,11 @@ import streamlit as st
 from ddpm.explain import SCHEDULES
 from ddpm.export import checkpoint_zip
 from ddpm.figures import image_grid_figure, loss_curve_figure, side_by_side_figure
-from ddpm.jobs import JobBusyError, TrainRequest
+from ddpm.serving.jobs import JobBusyError, TrainRequest
 from ddpm.presets import PRESETS
-from pages._shared import (PRETRAINED, RUN, cached_samples, job_registry, keep_training_alive, limits, load_model,
-                           real_images, show, visitor)
+from pages._shared import job_registry, keep_training_alive, limits, real_images, show, visitor
+from pages._models import load_model, PRETRAINED, RUN
+from pages._compute import cached_samples
 
 PRESET_OWN = "the preset's own"
 BATCHES = (8, 16, 32, 64, 128, 256, 512, 1024)

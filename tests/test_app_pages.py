@@ -117,7 +117,7 @@ def model_with_preview(folder: Path, preview_of: Path | None = None, seed: int =
     """A tiny model in ``folder`` and beside it the preview of ``preview_of``'s weights (its own by default),
     with every patch painted the colour (7, 77, 177) so the test can tell stored patches from sampled ones."""
     from ddpm.checkpoints import load_local
-    from ddpm.preview import home_request, make_preview, write_preview
+    from ddpm.serving.preview import home_request, make_preview, write_preview
 
     torch.manual_seed(seed)
     cfg = UNetConfig(architecture="seed", channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=())
@@ -131,7 +131,7 @@ def model_with_preview(folder: Path, preview_of: Path | None = None, seed: int =
 
 
 def test_home_first_shows_the_preview_made_by_these_weights_says_so_and_new_samples_are_live(tmp_path, monkeypatch):
-    from ddpm.preview import weights_fingerprint
+    from ddpm.serving.preview import weights_fingerprint
 
     folder = model_with_preview(tmp_path / "with-preview")
     monkeypatch.setenv("DDPM_MODEL", str(folder))
@@ -209,11 +209,11 @@ def test_forward_page_scrubs_t_and_states_the_papers_residual_signal():
 
 # ---- Reverse ------------------------------------------------------------------------------------
 def test_reverse_page_animates_every_step_and_scrubs_without_resampling(monkeypatch):
-    import pages._shared as shared
+    import pages._compute as compute
 
     calls = []
-    real = shared.from_workers
-    monkeypatch.setattr(shared, "from_workers", lambda model, request, *a: calls.append(request) or real(model, request, *a))
+    real = compute.from_workers
+    monkeypatch.setattr(compute, "from_workers", lambda model, request, *a: calls.append(request) or real(model, request, *a))
     at = open_page("reverse")
     anim = chart(at, "rev_animation")
     assert [t["type"] for t in anim["data"]] == ["image", "image"] and len(anim["frames"]) == T + 1
@@ -237,7 +237,7 @@ def test_reverse_page_animates_every_step_and_scrubs_without_resampling(monkeypa
 
 
 def test_reverse_page_runs_full_ddpm_and_shares_the_cache_across_visitors(monkeypatch):
-    import pages._shared as shared
+    import pages._compute as compute
 
     at = open_page("reverse")
     at.selectbox(key="rev_sampler").set_value("ddpm")
@@ -245,7 +245,7 @@ def test_reverse_page_runs_full_ddpm_and_shares_the_cache_across_visitors(monkey
     at = clicked(at, "Generate")
     assert len(chart(at, "rev_animation")["frames"]) == T + 1
     calls = []
-    monkeypatch.setattr(shared, "from_workers", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(compute, "from_workers", lambda *a, **k: calls.append(1))
     other = open_page("reverse")  # another visitor, default settings: served from the shared cache
     assert len(chart(other, "rev_animation")["frames"]) == T + 1 and not calls
 
@@ -323,8 +323,8 @@ def test_train_page_runs_a_job_in_the_background_and_shows_its_loss_samples_and_
 
 def test_train_page_stops_a_run_and_shows_the_busy_server_to_others(tiny_images):
     import pages._shared as shared
-    from ddpm.job_state import Visitor
-    from ddpm.train_request import TrainRequest
+    from ddpm.serving.job_state import Visitor
+    from ddpm.serving.train_request import TrainRequest
 
     registry, someone = shared.job_registry(), Visitor("ffff" + "0" * 28)
     other = registry.start(TrainRequest(preset="seed", steps=20_000, batch_size=4), someone, tiny_images)

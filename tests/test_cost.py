@@ -1,4 +1,4 @@
-"""A request's cost (ddpm.cost): FLOPs counted from the config agree with torch's own count of the network; a request
+"""A request's cost (ddpm.serving.cost): FLOPs counted from the config agree with torch's own count of the network; a request
 beyond the server's budget is refused in words naming its cost and the budget; the app's own requests fit the
 hosted budget; the deadline is bounded."""
 from __future__ import annotations
@@ -8,13 +8,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm import cost
+from ddpm.serving import cost
 from ddpm.checkpoints import SHIPPED_DIR, configs_from, read_config
-from ddpm.cost import RequestTooCostlyError, check_request_cost, deadline_s, flops_per_pass, request_cost
+from ddpm.serving.cost import RequestTooCostlyError, check_request_cost, deadline_s, flops_per_pass, request_cost
 from ddpm.evaluation.encoder import EncoderConfig, TissueEncoder
 from ddpm.presets import PRESETS
 from ddpm.sampling_spec import MAX_GUIDANCE, SamplingSpec
-from ddpm.server_limits import HOSTED_LIMITS, ServerLimits
+from ddpm.serving.server_limits import HOSTED_LIMITS, ServerLimits
 from ddpm.unet import UNetConfig, build_unet
 
 

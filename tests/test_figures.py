@@ -18,7 +18,7 @@ from ddpm.explain import (SCHEDULES, diffuse, patches_like, pick_patches, preset
 from ddpm.export import checkpoint_zip, trajectory_gif
 from ddpm.imaging import png_bytes
 from ddpm.schedules import NoiseSchedule, ScheduleConfig
-from ddpm.uploads import load_upload
+from ddpm.serving.uploads import load_upload
 
 
 def _images(n: int, size: int = 28, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The training-job registry (ddpm.jobs), with tiny runs of the seed preset.
+"""The training-job registry (ddpm.serving.jobs), with tiny runs of the seed preset.
 
 A real run spawns a training process (2-4 s to import torch), so only the tests about what that
 process does spawn one; the registry's books and the worker's rules are tested with runs played by a
@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm import job_worker
+from ddpm.serving import job_worker
 from ddpm.checkpoints import WEIGHTS_NAME, Checkpoint, load_local, make_config
-from ddpm.job_state import Visitor
-from ddpm.jobs import ROOT_PREFIX, JobBusyError, JobRegistry, remove_abandoned_roots
-from ddpm.server_limits import HOSTED_LIMITS, ServerLimits
-from ddpm.train_request import TrainRequest
-from ddpm.train_process import train_threads
+from ddpm.serving.job_state import Visitor
+from ddpm.serving.jobs import ROOT_PREFIX, JobBusyError, JobRegistry, remove_abandoned_roots
+from ddpm.serving.server_limits import HOSTED_LIMITS, ServerLimits
+from ddpm.serving.train_request import TrainRequest
+from ddpm.serving.train_process import train_threads
 from ddpm.training import TrainConfig, TrainProgress
 from ddpm.presets import get_preset
 from ddpm.unet import build_unet
@@ -243,7 +243,7 @@ def test_heartbeats_keep_a_job_alive(tmp_path, tiny_images, stand_in):
 
 def test_the_time_cap_stops_a_step_that_never_reports_and_ends_a_process_that_does_not_stop(tmp_path, tiny_images,
                                                                                             stand_in, monkeypatch):
-    from ddpm.job_state import Job
+    from ddpm.serving.job_state import Job
 
     stops, request_stop = [], Job.request_stop
 
@@ -290,10 +290,10 @@ def test_a_finished_runs_folder_is_deleted_after_a_while_without_anyone_starting
 
 SERVER = (  # a server in miniature: a registry with one long run going, then the last line of the brief
     "import multiprocessing, time, torch\n"
-    "from ddpm.job_state import Visitor\n"
-    "from ddpm.jobs import JobRegistry\n"
-    "from ddpm.server_limits import ServerLimits\n"
-    "from ddpm.train_request import TrainRequest\n"
+    "from ddpm.serving.job_state import Visitor\n"
+    "from ddpm.serving.jobs import JobRegistry\n"
+    "from ddpm.serving.server_limits import ServerLimits\n"
+    "from ddpm.serving.train_request import TrainRequest\n"
     "reg = JobRegistry(ServerLimits(), device='cpu')\n"
     "images = torch.randint(0, 256, (8, 3, 28, 28), dtype=torch.uint8)\n"
     "snap = reg.start(TrainRequest(preset='seed', steps=20000, batch_size=4, sample_every=1000), Visitor.new(), images)\n"
@@ -332,7 +332,7 @@ def test_a_killed_server_leaves_no_process_behind(tmp_path):
 
 def test_a_training_process_whose_server_was_killed_mid_step_ends_by_itself(tmp_path):
     child = ("import sys, time\n"  # a step that never reports: only the watchdog can notice the server is gone
-             "from ddpm.train_process import watch_parent\n"
+             "from ddpm.serving.train_process import watch_parent\n"
              "watch_parent(int(sys.argv[1]))\n"
              "print('watching', flush=True)\n"
              "time.sleep(600)\n")

@@ -18,7 +18,7 @@ from ddpm.limits import ConfigLimitError, check_model_config, check_schedule_con
 from ddpm.presets import PRESETS
 from ddpm.schedules import ScheduleConfig
 from ddpm.unet import UNetConfig, build_unet, count_parameters
-from ddpm.uploads import load_upload
+from ddpm.serving.uploads import load_upload
 
 HUGE = {"base_channels": 2048, "num_res_blocks": 4}  # the example: about 10 G parameters
 HUGE_MESSAGE = r"model\.base_channels = 2048 is above the limit of 256"

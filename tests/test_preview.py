@@ -1,4 +1,4 @@
-"""ddpm.preview: samples stored beside the weights that made them, shown only while weights and settings match."""
+"""ddpm.serving.preview: samples stored beside the weights that made them, shown only while weights and settings match."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -13,7 +13,7 @@ from ddpm.cli import main
 from ddpm.data import to_hwc_numpy
 from ddpm.pipeline import generate
 from ddpm.sampling_spec import SamplingSpec
-from ddpm.preview import (PREVIEW_NAME, PRIOR, home_request, load_preview, make_preview, read_preview,
+from ddpm.serving.preview import (PREVIEW_NAME, PRIOR, home_request, load_preview, make_preview, read_preview,
                           weights_fingerprint, write_preview)
 from ddpm.schedules import ScheduleConfig
 from ddpm.unet import UNetConfig, build_unet

@@ -1,4 +1,4 @@
-"""The server's shared result caches (ddpm.result_cache): one computation per key, LRU eviction, no lock left
+"""The server's shared result caches (ddpm.serving.result_cache): one computation per key, LRU eviction, no lock left
 behind, and one cache per kind of result."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from ddpm import result_cache
-from ddpm.result_cache import ResultCache, ResultCaches
+from ddpm.serving import result_cache
+from ddpm.serving.result_cache import ResultCache, ResultCaches
 
 
 def _raise_boom():

@@ -228,7 +228,7 @@ def test_the_data_identity_depends_on_the_content_not_on_the_source_name(tiny_im
 
 def test_the_files_derived_from_a_runs_weights_are_the_ones_the_modules_that_write_them_name():
     from ddpm.model_card import EVALUATION_NAME
-    from ddpm.preview import PREVIEW_NAME
+    from ddpm.serving.preview import PREVIEW_NAME
 
     assert {EVALUATION_NAME, PREVIEW_NAME} <= set(rf.DERIVED_NAMES)
 

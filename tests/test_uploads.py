@@ -1,4 +1,4 @@
-"""Uploaded checkpoints (ddpm.uploads): whatever a visitor's file is, loading it gives a model or one CheckpointError."""
+"""Uploaded checkpoints (ddpm.serving.uploads): whatever a visitor's file is, loading it gives a model or one CheckpointError."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ddpm.checkpoints import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
-from ddpm.uploads import load_upload
+from ddpm.serving.uploads import load_upload
 
 HEADERS = {b"PK\x03\x04": 0, b"PK\x01\x02": 2}  # local header, central directory: their fields' shift
 

@@ -1,9 +1,13 @@
-"""The serving side of the app: what lets one machine answer many anonymous visitors at once.
+"""The serving side of the app: what lets one 2-core machine answer a classroom of anonymous visitors at once.
 
-What runs where: the Streamlit server process runs the pages' script threads, which only submit work, wait
-and draw. Sampling, trajectories and evaluations go through ``sampling_service`` (a fair first-come,
-first-served ``queue``, one request in flight per visitor, identical requests computed once) to sampling
-worker processes (``sampling_worker``) at normal priority. The rest of the serving code lives beside the
-library modules it wraps: the training job registry (``ddpm.jobs``), the server's limits
-(``ddpm.server_limits``), uploads (``ddpm.uploads``) and the precomputed preview (``ddpm.preview``).
+What runs where. The Streamlit server process runs the pages' script threads, which only submit work, wait and
+draw. Sampling, trajectories and evaluations are requests (``sampling_worker.SampleRequest``), priced before
+they run (``cost``: FLOPs from the model's config, refused beyond the server's budget) and put in one fair line
+(``queue``: first come, first served, one request in flight per visitor, identical requests computed once),
+which ``sampling_service`` drains into spawned worker processes at normal priority, stopping a request past its
+deadline or one nobody waits for. Training runs in a spawned child process at the lowest priority
+(``train_process``), started, watched and stopped by a thread of the server (``job_worker``) for the job
+registry (``jobs``, ``job_state``, ``train_request``). What a visitor may ask is ``server_limits``; checked
+uploads are ``uploads``; samples made ahead of time for a fast first view are ``preview``; finished results are
+kept per kind in ``result_cache``. No child process outlives the server: each watches its parent's pid.
 """

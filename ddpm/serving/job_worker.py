@@ -19,11 +19,11 @@ from multiprocessing.connection import Connection
 
 import torch
 
-from .checkpoints import WEIGHTS_NAME, Checkpoint
+from ..checkpoints import WEIGHTS_NAME, Checkpoint
+from ..training import TrainProgress
 from .job_state import Job
 from .server_limits import ServerLimits
 from .train_process import InitWeights, RunSpec, main, shared_copy, train_threads
-from .training import TrainProgress
 
 log = logging.getLogger(__name__)
 

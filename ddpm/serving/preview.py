@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import WEIGHTS_NAME, Checkpoint, atomic_write_bytes
-from .data import to_hwc_numpy
-from .device import Precision, use_bf16
-from .pipeline import PRIOR, generate, resolve_classes
-from .sampling_spec import SamplingSpec
+from ..checkpoints import WEIGHTS_NAME, Checkpoint, atomic_write_bytes
+from ..data import to_hwc_numpy
+from ..device import Precision, use_bf16
+from ..pipeline import PRIOR, generate, resolve_classes
+from ..sampling_spec import SamplingSpec
 
 PREVIEW_NAME = "preview.npz"
 PREVIEW_COUNT = 16  # Home's grid

@@ -8,7 +8,7 @@ the training slot is held no longer), ``DDPM_JOB_TIMEOUT_S`` (a run whose page s
 ``DDPM_MAX_EVAL`` (generated patches per on-demand evaluation), ``DDPM_MAX_COMPUTE`` (sampling worker
 processes: requests computing at once; more wait in line), ``DDPM_KEEP_RUNS_MIN`` (how long a
 finished run's folder is kept for its download), ``DDPM_MAX_REQUEST_GFLOP`` (the most one sampling run,
-trajectory or evaluation may cost, counted from the model's config: ``ddpm.cost``) and
+trajectory or evaluation may cost, counted from the model's config: ``ddpm.serving.cost``) and
 ``DDPM_REQUEST_DEADLINE_S`` (the longest one may run, whatever its cost says).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from .presets import PRESETS
+from ..presets import PRESETS
 
 
 def _env_number(env: Mapping[str, str], name: str, default, cast):
@@ -53,7 +53,7 @@ class ServerLimits:
     max_eval_samples: int = 2000  # generated patches per on-demand evaluation (Compare page)
     max_compute: int = 2  # sampling worker processes: requests computing at once; more wait in line
     keep_runs_minutes: float = 60.0  # a finished or abandoned run's folder is deleted after this
-    max_request_gflop: float = 100_000.0  # one request's cost (ddpm.cost): the default model's 2,000-patch evaluation is 58,000
+    max_request_gflop: float = 100_000.0  # one request's cost (ddpm.serving.cost): the default model's 2,000-patch evaluation is 58,000
     request_deadline_s: float = 3600.0  # the most any one request runs, whatever its cost
 
     @classmethod

@@ -18,11 +18,11 @@ import math
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
-from .data import SPLIT_SIZES
-from .evaluation.encoder import EncoderConfig
-from .limits import DEFAULTS, Layer, layers, parameter_count
-from .samplers import SAMPLERS
-from .sampling_spec import SamplingSpec
+from ..data import SPLIT_SIZES
+from ..evaluation.encoder import EncoderConfig
+from ..limits import DEFAULTS, Layer, layers, parameter_count
+from ..samplers import SAMPLERS
+from ..sampling_spec import SamplingSpec
 from .server_limits import ServerLimits
 
 KINDS = ("samples", "trajectory", "evaluation")

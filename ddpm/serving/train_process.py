@@ -21,15 +21,15 @@ from typing import Any
 
 import torch
 
-from .checkpoints import WEIGHTS_NAME
-from .data import CLASS_NAMES, to_hwc_numpy
-from .pipeline import generate
-from .presets import SCHEDULES, get_preset
-from .sampling_spec import DEFAULT_SPEC
-from .schedules import ScheduleConfig
+from ..checkpoints import WEIGHTS_NAME
+from ..data import CLASS_NAMES, to_hwc_numpy
+from ..pipeline import generate
+from ..presets import SCHEDULES, get_preset
+from ..sampling_spec import DEFAULT_SPEC
+from ..schedules import ScheduleConfig
 from .train_request import TrainRequest
-from .training import NonFiniteLossError, Trainer, TrainProgress
-from .unet import UNetConfig, build_unet
+from ..training import NonFiniteLossError, Trainer, TrainProgress
+from ..unet import UNetConfig, build_unet
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .presets import SCHEDULES, get_preset
+from ..presets import SCHEDULES, get_preset
 from .server_limits import ServerLimits
-from .training import TrainConfig
+from ..training import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from pathlib import Path, PurePosixPath
 
 from safetensors import SafetensorError, safe_open
 
-from . import checkpoints as ckpt
-from .limits import parameter_count
-from .unet import UNetConfig
+from .. import checkpoints as ckpt
+from ..limits import parameter_count
+from ..unet import UNetConfig
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # a 12 M-parameter float32 network; the app's models are far smaller
 WANTED = (ckpt.CONFIG_NAME, ckpt.WEIGHTS_NAME)

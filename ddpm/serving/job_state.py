@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoints import WEIGHTS_NAME
+from ..checkpoints import WEIGHTS_NAME
 from .train_request import TrainRequest
 
 ACTIVE = ("starting", "running", "stopping")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import Checkpoint
+from ..checkpoints import Checkpoint
 from .job_state import ACTIVE, Job, JobSnapshot, Visitor
 from .job_worker import end_process, run_job
 from .server_limits import ServerLimits

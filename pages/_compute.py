@@ -1,0 +1,148 @@
+"""Heavy work for the pages: every sampling run, trajectory and evaluation is priced, submitted to the sampling
+workers (ddpm.serving), waited for with the visitor's place and ETA, and cached for the whole server. The
+script thread only submits, waits and draws."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError
+from ddpm.model_card import EVALUATION_NAME, read_evaluation
+from ddpm.pipeline import Trajectory
+from ddpm.sampling_spec import SamplingSpec
+from ddpm.serving.cost import RequestTooCostlyError, check_request_cost, deadline_s
+from ddpm.serving.queue import Position, RequestCancelled
+from ddpm.serving.result_cache import ResultCache
+from ddpm.serving.sampling_service import RequestFailed, SamplingService
+from ddpm.serving.sampling_worker import ModelPayload, SampleRequest
+from pages._models import ActiveModel
+from pages._pickers import Tissue
+from pages._shared import caches, limits, visitor
+
+
+@st.cache_resource(show_spinner=False)
+def sampling_service() -> SamplingService:
+    """The worker processes that compute every visitor's samples, trajectories and evaluations, in one fair line."""
+    return SamplingService(workers=limits().max_compute, max_deadline_s=limits().request_deadline_s)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _payload(model_key: str, _checkpoint: Checkpoint) -> ModelPayload:
+    """The model as the workers receive it (config + weights bytes), made once per model."""
+    return ModelPayload.from_checkpoint(_checkpoint)
+
+
+@st.cache_resource(show_spinner="Loading the tissue encoder…")
+def tissue_encoder():
+    """(encoder, None) or (None, why not): the evaluation package and its weights are optional."""
+    try:
+        from ddpm.evaluation.encoder import load_encoder
+
+        return load_encoder(), None
+    except (ImportError, CheckpointError) as err:
+        return None, f"the tissue encoder is not available ({err})"
+
+
+def _request(model: ActiveModel, spec: SamplingSpec | None, tissue: Tissue | None) -> tuple[SamplingSpec, int | str | None]:
+    """(spec, classes) to run: ``spec`` (default: the model's recommended one) fitted to the model's T, with the
+    visitor's guidance when a tissue was picked (an unconditional model has none to apply)."""
+    spec = (spec or model.checkpoint.sampling).fitted(model.checkpoint.schedule.num_timesteps)
+    if tissue is None:
+        return spec.replace(guidance=1.0), None
+    return spec.replace(guidance=tissue.guidance), tissue.tissue
+
+
+# ---- evaluation reports (the one place that knows the evaluation package's API) ---------------
+def evaluation_report(model: ActiveModel) -> tuple[dict | None, str | None]:
+    """(report, where it came from): this visitor's fresh evaluation of the model, else the precomputed
+    evaluation.json beside its weights (or beside the shipped copy), else (None, None)."""
+    fresh = st.session_state.get("evaluation", {}).get(model.key)
+    if fresh is not None:
+        return fresh, "your evaluation in this session"
+    for folder in (model.checkpoint.path, SHIPPED_DIR / model.key.removeprefix("shipped:")):
+        try:
+            stored = read_evaluation(folder)
+        except ValueError as err:
+            st.warning(str(err))
+            continue
+        if stored is not None:
+            return stored, f"precomputed ({Path(folder).name}/{EVALUATION_NAME})"
+    return None, None
+
+
+def run_evaluation(model: ActiveModel, n: int, tissue: Tissue | None = None, bar=None) -> dict:
+    """Generate ``n`` patches and score them in a sampling worker (``bar`` shows the place and progress); stores the
+    report for this visitor."""
+    spec, classes = _request(model, None, tissue)
+    report = from_workers(model, SampleRequest("evaluation", model.key, spec, 1, n, classes), "Sampling and scoring…",
+                          bar)
+    st.session_state.setdefault("evaluation", {})[model.key] = report
+    return report
+
+
+# ---- heavy computations: submitted to the sampling workers, waited for with the visitor's place ------
+def _waiting_text(position: Position, text: str) -> tuple[float, str]:
+    eta = "" if position.eta_s is None else f", about {max(1, round(position.eta_s))} s"
+    if position.running:
+        return position.progress, f"{text} {position.progress:.0%}{eta}"
+    ahead = position.ahead
+    return 0.0, (f"Waiting for your turn: {ahead} request{'s' if ahead != 1 else ''} ahead of yours{eta} "
+                 f"(this server computes {limits().max_compute} at a time, first come first served)…")
+
+
+def from_workers(model: ActiveModel, request: SampleRequest, text: str, bar=None):
+    """The result of ``request`` from the sampling workers; meanwhile ``bar`` shows the visitor's place, the ETA and
+    the progress. A failure is shown on the page, which stops there."""
+    checkpoint = model.checkpoint
+    payload = _payload(model.key, checkpoint)
+    request = SampleRequest(request.kind, payload.key, request.spec, request.seed, request.n, request.classes,
+                            request.precision)
+    try:
+        cost = check_request_cost(checkpoint.model_config, request.spec, request.n, checkpoint.schedule.num_timesteps,
+                                  limits(), kind=request.kind, conditional=model.conditional)
+    except RequestTooCostlyError as err:
+        st.error(f"This server does not run that: {err}")
+        st.stop()
+    bar = bar or st.progress(0.0, text=text)
+
+    def on_wait(position: Position) -> None:
+        bar.progress(*_waiting_text(position, text))
+
+    try:
+        value = sampling_service().run(visitor().id, payload, request, cost.flops, on_wait, deadline_s(cost, limits()))
+    except (RequestFailed, RequestCancelled) as err:
+        bar.empty()
+        st.error(f"This could not be computed: {err}")
+        st.stop()
+    bar.empty()
+    return value
+
+
+def _cached(cache: ResultCache, key: tuple, model: ActiveModel, request: SampleRequest, text: str):
+    hit = cache.get(key)
+    if hit is None:
+        hit = from_workers(model, request, text)
+        cache.put(key, hit)
+    return hit
+
+
+def cached_trajectory(model: ActiveModel, spec: SamplingSpec, seed: int, n: int,
+                      tissue: Tissue | None = None) -> Trajectory:
+    """The whole reverse run, computed once per (model, spec, seed, n, tissue) for the whole server."""
+    spec, classes = _request(model, spec, tissue)
+    return _cached(caches().trajectories, (model.key, spec, seed, n, classes), model,
+                   SampleRequest("trajectory", model.key, spec, seed, n, classes), "Denoising…")
+
+
+def cached_samples(model: ActiveModel, n: int, seed: int, spec: SamplingSpec | None = None,
+                   tissue: Tissue | None = None) -> np.ndarray:
+    """``n`` generated patches, uint8 (n, H, W, 3), computed once per (model, spec, seed, n, tissue) with ``spec``
+    (default: the model's recommended one); ``tissue.tissue`` may also be a list of class indices, one per patch."""
+    spec, classes = _request(model, spec, tissue)
+    key_classes = tuple(classes) if isinstance(classes, (list, tuple)) else classes
+    return _cached(caches().samples, (model.key, spec, seed, n, key_classes), model,
+                   SampleRequest("samples", model.key, spec, seed, n, key_classes), "Sampling…")
+
+
