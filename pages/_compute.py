@@ -3,6 +3,7 @@ workers (ddpm.serving), waited for with the visitor's place and ETA, and cached 
 script thread only submits, waits and draws."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,13 @@ from pages._models import ActiveModel
 from pages._pickers import Tissue
 from pages._shared import caches, limits, visitor
 
+REQUEST_LOG_ENV = "DDPM_REQUEST_LOG"  # a file: one JSON line per finished request (time queued, time computing)
 
 @st.cache_resource(show_spinner=False)
 def sampling_service() -> SamplingService:
     """The worker processes that compute every visitor's samples, trajectories and evaluations, in one fair line."""
-    return SamplingService(workers=limits().max_compute, max_deadline_s=limits().request_deadline_s)
+    return SamplingService(workers=limits().max_compute, max_deadline_s=limits().request_deadline_s,
+                           log_path=os.environ.get(REQUEST_LOG_ENV) or None)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -12,6 +12,7 @@ watchdog sees the server is gone.
 from __future__ import annotations
 
 import atexit
+import json
 import multiprocessing as mp
 import os
 import threading
@@ -80,6 +81,7 @@ class _Worker:
             except Exception as err:  # noqa: BLE001 - the dispatcher must survive anything a worker does
                 queue.finish(ticket, error=f"the sampling worker failed: {type(err).__name__}: {err}")
                 self.kill()
+            self.service.log(ticket)
 
     def _run(self, ticket: Ticket) -> None:
         queue = self.service.queue
@@ -135,12 +137,15 @@ class SamplingService:
     """``workers`` sampling processes with ``threads`` torch threads each, fed by one fair queue. A request runs
     at most its own deadline (given to ``submit``), and never more than ``max_deadline_s``."""
 
-    def __init__(self, workers: int = 1, threads: int | None = None, max_deadline_s: float = 600.0):
+    def __init__(self, workers: int = 1, threads: int | None = None, max_deadline_s: float = 600.0,
+                 log_path: str | os.PathLike | None = None):
         if workers < 1:
             raise ValueError(f"a sampling service needs at least one worker, got {workers}")
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self.queue = FairQueue(workers=workers)
         self.max_deadline_s = max_deadline_s
+        self.log_path = log_path
+        self._log_lock = threading.Lock()
         self.closed = threading.Event()
         self._payloads: dict[str, ModelPayload] = {}
         self._workers = [_Worker(self, i) for i in range(workers)]
@@ -148,6 +153,19 @@ class SamplingService:
             worker.start_process()
             worker.thread.start()
         atexit.register(_shutdown_at_exit, weakref.ref(self))
+
+    def log(self, ticket: Ticket) -> None:
+        """Append one JSON line per finished request to ``log_path`` (if set): what it was, how it ended, and the
+        seconds it waited in line and computed, measured on the server (bench/crowd_check.py reads it)."""
+        if self.log_path is None:
+            return
+        request, _, _ = ticket.payload
+        line = {"kind": request.kind, "n": request.n, "sampler": request.spec.sampler, "steps": request.spec.steps,
+                "seed": request.seed, "status": ticket.status, "visitors": len(ticket.visitors),
+                "queued_s": ticket.queued_s, "compute_s": ticket.compute_s, "work": ticket.work,
+                "finished_unix": time.time()}
+        with self._log_lock, open(self.log_path, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     @property
     def worker_pids(self) -> list[int]:

@@ -1,0 +1,236 @@
+"""A classroom at once: N visitors press Generate on Reverse denoising in the same second while one visitor trains.
+
+    python bench/crowd_check.py [--crowds 10 8 16 32] [--solo 3] [--train-steps 500] [--note "..."]
+                                # writes bench/results/crowd_check.{json,md}
+
+One `streamlit run app.py` with a Space's limits (DDPM_HOSTED=1, offline, the shipped default model) and one
+Chromium, one browser context per visitor (Playwright's async API). A first visitor opens "/" (loading the
+model); one visitor starts a training run on Train and keeps it going through every phase. Then:
+
+* solo: one visitor on Reverse denoising generates ``--solo`` times, each with a seed nobody else uses; the
+  median is "one visitor's solo time", measured in this run, beside the same training run;
+* for each N in ``--crowds``: N visitors open Reverse denoising, each types a seed nobody else uses, and all
+  press Generate at once; each is timed from the click to the result drawn (the browser's view).
+
+The server writes one JSON line per finished request (DDPM_REQUEST_LOG): how long it waited in line and how
+long it computed, measured on the server, so the browser's own CPU (it shares these 2 cores here, not on a
+real Space) can be told apart. Beside the latencies the table prints the physical line N × solo: with one
+sampling worker nobody can do better than being served one after another. The server's memory (VmRSS of it
+and its children) is sampled every 0.5 s, and the trainer's loss curve is read before and after each phase
+(the run must keep making progress). Stop other work first. Exit status 1 if any visitor failed.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from app_server import (ARTIFACTS, CHROMIUM_ARGS, FIRST_LOAD_MS, JS_POINTS, VIEWPORT, AppServer,  # noqa: E402
+                        chart_selector, find_chromium, key_selector)
+from load_check import ACTION_MS, Session, check_page, idle, open_page, run_trainer, sample_memory  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+SERVER_ENV = {"DDPM_HOSTED": "1"}
+
+
+async def generate(session: Session, page, seed: int, label: str) -> float:
+    """Type ``seed`` and press Generate; seconds from the click to the result drawn."""
+    await page.locator(f"{key_selector('rev_seed')} input").fill(str(seed))
+    start = time.perf_counter()
+    await page.get_by_role("button", name="Generate").click()
+    await page.get_by_text(f"seed {seed}, ").first.wait_for(timeout=ACTION_MS)
+    await page.wait_for_selector(chart_selector("rev_step"), state="visible", timeout=ACTION_MS)
+    await idle(page)
+    seconds = time.perf_counter() - start
+    session.actions.append((label, seconds))
+    return seconds
+
+
+async def training_points(page) -> int:
+    return int(await page.evaluate(JS_POINTS, "train_loss") or 0)
+
+
+async def crowd(browser, url: str, n: int, first_seed: int) -> list[Session]:
+    """N visitors on Reverse, then Generate pressed by all at once; returns their sessions (one action each)."""
+    contexts = [await browser.new_context(viewport=VIEWPORT) for _ in range(n)]
+    pages = [await c.new_page() for c in contexts]
+    sessions = [Session(f"crowd {n} visitor {i}", "sampler") for i in range(n)]
+    for s, p in zip(sessions, pages):
+        p.on("pageerror", lambda err, s=s: s.errors.append(f"JavaScript: {err}"))
+    await asyncio.gather(*(open_page(p, url, "reverse") for p in pages))
+    for i, p in enumerate(pages):
+        await p.locator(f"{key_selector('rev_seed')} input").fill(str(first_seed + i))
+
+    async def press(i: int) -> None:
+        s, p = sessions[i], pages[i]
+        try:
+            await generate(s, p, first_seed + i, "generate")
+            await check_page(s, p, "after generating")
+            s.result = f"seed {first_seed + i}"
+        except Exception as err:  # recorded; the others go on
+            s.errors.append(f"{type(err).__name__}: {str(err).splitlines()[0]}")
+
+    await asyncio.gather(*(press(i) for i in range(n)))
+    for c in contexts:
+        await c.close()
+    return sessions
+
+
+def server_side(log_path: Path, seeds: set[int]) -> list[dict]:
+    if not log_path.is_file():
+        return []
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["kind"] == "trajectory" and r["seed"] in seeds]
+
+
+def stats(values) -> dict:
+    a = np.asarray(list(values), dtype=float)
+    if not len(a):
+        return {}
+    return {"n": int(len(a)), "median_s": round(float(np.median(a)), 2), "p90_s": round(float(np.percentile(a, 90)), 2),
+            "max_s": round(float(a.max()), 2), "min_s": round(float(a.min()), 2)}
+
+
+async def run(args) -> dict:
+    from playwright.async_api import async_playwright
+
+    from app_server import process_tree_rss_mb  # noqa: F401  (sample_memory uses it)
+
+    log_path = Path(tempfile.mkdtemp(prefix="ddpm-crowd-")) / "requests.jsonl"
+    ARTIFACTS.mkdir(exist_ok=True)
+    server = AppServer({**SERVER_ENV, "DDPM_REQUEST_LOG": str(log_path)},
+                       log_path=ARTIFACTS / "crowd_check-server.log").start()
+    memory: list[tuple[float, float]] = []
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample_memory(server.pid, server.started_at, memory, stop))
+    phases, trainer = [], Session("trainer", "trainer")
+    load_start = os.getloadavg()
+    try:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_ARGS)
+            first = await browser.new_context(viewport=VIEWPORT)
+            page = await first.new_page()
+            await page.goto(server.url)
+            await page.wait_for_selector(chart_selector("home_grid"), state="visible", timeout=FIRST_LOAD_MS)
+            await first.close()
+
+            train_ctx = await browser.new_context(viewport=VIEWPORT)
+            train_page = await train_ctx.new_page()
+            training = asyncio.create_task(run_trainer(trainer, train_page, server.url, args.train_preset,
+                                                       args.train_steps, args.train_batch))
+            while not trainer.actions:  # until the first loss point is drawn
+                if training.done():
+                    training.result()
+                await asyncio.sleep(1)
+
+            solo_ctx = await browser.new_context(viewport=VIEWPORT)
+            solo_page = await solo_ctx.new_page()
+            solo = Session("solo visitor", "sampler")
+            await open_page(solo_page, server.url, "reverse")
+            before = await training_points(train_page)
+            solo_times = [await generate(solo, solo_page, 500 + i, "solo generate") for i in range(args.solo)]
+            await solo_ctx.close()
+            solo_s = float(np.median(solo_times))
+            phases.append({"name": "solo", "n": 1, "seeds": [500 + i for i in range(args.solo)],
+                           "browser": stats(solo_times), "training_points": [before, await training_points(train_page)],
+                           "errors": solo.errors})
+
+            for k, n in enumerate(args.crowds):
+                first_seed = 10_000 * (k + 1)
+                before = await training_points(train_page)
+                t0 = time.perf_counter()
+                sessions = await crowd(browser, server.url, n, first_seed)
+                phases.append({"name": f"crowd of {n}", "n": n, "seeds": list(range(first_seed, first_seed + n)),
+                               "browser": stats(s.actions[0][1] for s in sessions if s.actions),
+                               "latencies_s": sorted(round(s.actions[0][1], 2) for s in sessions if s.actions),
+                               "wall_s": round(time.perf_counter() - t0, 1),
+                               "training_points": [before, await training_points(train_page)],
+                               "errors": [e for s in sessions for e in s.errors],
+                               "ok": all(s.result and not s.errors for s in sessions)})
+            training.cancel()
+            await browser.close()
+    finally:
+        stop.set()
+        await sampler
+        server.stop()
+    for phase in phases:
+        rows = server_side(log_path, set(phase["seeds"]))
+        phase["server"] = {"requests": len(rows), "queued": stats(r["queued_s"] for r in rows if r["queued_s"] is not None),
+                           "compute": stats(r["compute_s"] for r in rows if r["compute_s"] is not None),
+                           "statuses": sorted({r["status"] for r in rows})}
+        phase["solo_line_s"] = round(phase["n"] * solo_s, 2)
+    return {"phases": phases, "solo_s": solo_s, "memory": memory, "trainer": trainer,
+            "load": [load_start, os.getloadavg()]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--crowds", type=int, nargs="+", default=[10, 8, 16, 32], help="visitors pressing Generate at once")
+    parser.add_argument("--solo", type=int, default=3, help="solo runs measured first (their median is the solo time)")
+    parser.add_argument("--train-preset", default="small")
+    parser.add_argument("--train-steps", type=int, default=500)
+    parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument("--note", default="", help="what else ran on the machine")
+    args = parser.parse_args()
+    if find_chromium() is None:
+        sys.exit("no Chromium found: apt-get install chromium")
+    out = asyncio.run(run(args))
+    rss = [mb for _, mb in out["memory"]]
+    report = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.machine(), "cpu_cores": os.cpu_count(),
+                       "server_env": SERVER_ENV, "model": "shipped default (checkpoints/default), offline",
+                       "training": {"preset": args.train_preset, "steps": args.train_steps, "batch": args.train_batch},
+                       "browser": "one headless Chromium, one context per visitor, on the same machine",
+                       "load_average_1min_start_end": [round(out["load"][0][0], 2), round(out["load"][1][0], 2)],
+                       "note": args.note},
+              "solo_s": round(out["solo_s"], 2),
+              "phases": out["phases"],
+              "all_ok": all(p.get("ok", True) and not p["errors"] for p in out["phases"]),
+              "trainer": {"actions": out["trainer"].actions, "errors": out["trainer"].errors},
+              "memory": {"unit": "MiB, VmRSS of the server process and its children", "start_mb": rss[0],
+                         "peak_mb": max(rss), "end_mb": rss[-1]}}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "crowd_check.json").write_text(json.dumps(report, indent=1) + "\n")
+    (RESULTS / "crowd_check.md").write_text(markdown(report) + "\n")
+    print(markdown(report))
+    sys.exit(0 if report["all_ok"] else 1)
+
+
+def markdown(r: dict) -> str:
+    m = r["meta"]
+    lines = [f"**A classroom at once.** Measured {m['date']} on {m['cpu_cores']} CPU cores ({m['machine']}); {m['browser']}. "
+             f"Server: `streamlit run app.py`, {m['model']}, env {m['server_env']} (one sampling worker). One visitor "
+             f"trains throughout ({m['training']['preset']} preset, up to {m['training']['steps']} steps, batch "
+             f"{m['training']['batch']}); the others press Generate on Reverse denoising (9 images, DPM-Solver++ 20, "
+             f"guidance 1.5), each with a seed nobody else uses, all in the same second. Load average (1 min) at start "
+             f"and end: {m['load_average_1min_start_end']}. {m['note']}", "",
+             f"One visitor's solo time in this run (median of the solo phase): **{r['solo_s']:.2f} s**. "
+             f"All visitors got their result without an error: **{'yes' if r['all_ok'] else 'NO'}**. Server memory "
+             f"peak {r['memory']['peak_mb']:.0f} MiB ({r['memory']['unit']}).", "",
+             "| phase | median (s) | last (s) | N × solo (s) | median / (N × solo) | last / (N × solo) | server: queued median / max (s) | server: computing median (s) | training loss points before → after |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for p in r["phases"]:
+        b, line = p["browser"], p["solo_line_s"]
+        q, c = p["server"]["queued"], p["server"]["compute"]
+        lines.append(f"| {p['name']} | {b.get('median_s', float('nan')):.2f} | {b.get('max_s', float('nan')):.2f} | "
+                     f"{line:.2f} | {b.get('median_s', 0) / line:.2f} | {b.get('max_s', 0) / line:.2f} | "
+                     f"{q.get('median_s', float('nan')):.2f} / {q.get('max_s', float('nan')):.2f} | "
+                     f"{c.get('median_s', float('nan')):.2f} | {p['training_points'][0]} → {p['training_points'][1]} |")
+    for p in r["phases"]:
+        if p.get("latencies_s"):
+            lines.append(f"\n{p['name']}, every visitor's wait from the browser (s): {', '.join(map(str, p['latencies_s']))}"
+                         + (f"; errors: {'; '.join(p['errors'])}" if p["errors"] else ""))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
