@@ -186,7 +186,7 @@ class SamplingService:
         return self.queue.submit(visitor, key, (request, model, deadline_s), work)
 
     def wait(self, visitor: Hashable, ticket: Ticket, on_wait: Callable[[Position], None] | None = None,
-             every_s: float = 0.25) -> Any:
+             every_s: float = 0.5) -> Any:
         """The result of ``ticket``; ``on_wait(position)`` is called while it waits or runs. If ``on_wait`` raises
         (the visitor left or clicked again), the visitor leaves the line and the exception goes on."""
         try:

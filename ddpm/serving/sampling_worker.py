@@ -164,7 +164,7 @@ def _run(conn, seq: int, checkpoint, request: SampleRequest, cancel_event, deadl
         if time.monotonic() - started > deadline_s:
             raise Cancelled(f"the request ran past its deadline of {deadline_s:.0f} s and was stopped")
         now = time.monotonic()
-        if now - last_sent[0] > 0.2 or fraction >= 1.0:
+        if now - last_sent[0] > 0.5 or fraction >= 1.0:  # progress twice a second: each one redraws a page
             last_sent[0] = now
             conn.send(("progress", seq, fraction))
 
