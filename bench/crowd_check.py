@@ -10,7 +10,10 @@ model); one visitor starts a training run on Train and keeps it going through ev
 * solo: one visitor on Reverse denoising generates ``--solo`` times, each with a seed nobody else uses; the
   median is "one visitor's solo time", measured in this run, beside the same training run;
 * for each N in ``--crowds``: N visitors open Reverse denoising, each types a seed nobody else uses, and all
-  press Generate at once; each is timed from the click to the result drawn (the browser's view).
+  press Generate at once; each is timed from the click to the result drawn (the browser's view);
+* the costliest request a visitor may make: one visitor starts a fresh evaluation on Compare at the largest
+  size the server allows (300 patches hosted: about 9,000 GFLOP, the budget's 75%; an upload can cost no more
+  than the budget), and while it runs the solo visitor generates ``--solo`` times again.
 
 The server writes one JSON line per finished request (DDPM_REQUEST_LOG): how long it waited in line and how
 long it computed, measured on the server, so the browser's own CPU (it shares these 2 cores here, not on a
@@ -56,6 +59,19 @@ async def generate(session: Session, page, seed: int, label: str) -> float:
     return seconds
 
 
+async def start_costliest_request(browser, url: str):
+    """A visitor starts Compare's fresh evaluation at its largest size; returns their browser context (open)."""
+    context = await browser.new_context(viewport=VIEWPORT)
+    page = await context.new_page()
+    await open_page(page, url, "compare")
+    thumb = page.locator(f"{key_selector('cmp_n')} [role=slider]")
+    await thumb.focus()
+    await thumb.press("End")
+    await page.get_by_role("button", name="Run a fresh evaluation").click()
+    await page.get_by_text("Sampling and scoring").first.wait_for(timeout=ACTION_MS)
+    return context
+
+
 async def training_points(page) -> int:
     return int(await page.evaluate(JS_POINTS, "train_loss") or 0)
 
@@ -64,6 +80,8 @@ async def crowd(browser, url: str, n: int, first_seed: int) -> list[Session]:
     """N visitors on Reverse, then Generate pressed by all at once; returns their sessions (one action each)."""
     contexts = [await browser.new_context(viewport=VIEWPORT) for _ in range(n)]
     pages = [await c.new_page() for c in contexts]
+    for p in pages:
+        p.set_default_navigation_timeout(ACTION_MS)
     sessions = [Session(f"crowd {n} visitor {i}", "sampler") for i in range(n)]
     for s, p in zip(sessions, pages):
         p.on("pageerror", lambda err, s=s: s.errors.append(f"JavaScript: {err}"))
@@ -93,6 +111,39 @@ def server_side(log_path: Path, seeds: set[int]) -> list[dict]:
     return [r for r in rows if r["kind"] == "trajectory" and r["seed"] in seeds]
 
 
+def cpu_by_process(root_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the server and each of its descendants, by role."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    used: dict[str, float] = {}
+    todo = [root_pid]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        nice = int(fields[16])
+        role = ("server" if pid == root_pid else "other child" if "spawn_main" not in cmd
+                else "training (nice 19)" if nice >= 19 else "heavy-lane worker" if nice > 0 else "sampling worker")
+        used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def machine_cpu_s() -> float:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    busy = sum(int(v) for i, v in enumerate(fields) if i not in (3, 4))  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def stats(values) -> dict:
     a = np.asarray(list(values), dtype=float)
     if not len(a):
@@ -103,8 +154,6 @@ def stats(values) -> dict:
 
 async def run(args) -> dict:
     from playwright.async_api import async_playwright
-
-    from app_server import process_tree_rss_mb  # noqa: F401  (sample_memory uses it)
 
     log_path = Path(tempfile.mkdtemp(prefix="ddpm-crowd-")) / "requests.jsonl"
     ARTIFACTS.mkdir(exist_ok=True)
@@ -145,17 +194,35 @@ async def run(args) -> dict:
                            "browser": stats(solo_times), "training_points": [before, await training_points(train_page)],
                            "errors": solo.errors})
 
+            before = await training_points(train_page)
+            heavy_ctx = await start_costliest_request(browser, server.url)
+            await asyncio.sleep(5)  # the evaluation is under way in its lane
+            during = Session("solo visitor during the costliest request", "sampler")
+            solo_ctx = await browser.new_context(viewport=VIEWPORT)
+            solo_page = await solo_ctx.new_page()
+            await open_page(solo_page, server.url, "reverse")
+            during_times = [await generate(during, solo_page, 700 + i, "generate") for i in range(args.solo)]
+            await solo_ctx.close()
+            await heavy_ctx.close()
+            phases.append({"name": "solo, beside the costliest request", "n": 1,
+                           "seeds": [700 + i for i in range(args.solo)], "browser": stats(during_times),
+                           "training_points": [before, await training_points(train_page)], "errors": during.errors})
+
             for k, n in enumerate(args.crowds):
                 first_seed = 10_000 * (k + 1)
                 before = await training_points(train_page)
                 t0 = time.perf_counter()
+                cpu0, machine0 = cpu_by_process(server.pid), machine_cpu_s()
                 sessions = await crowd(browser, server.url, n, first_seed)
+                cpu1, machine1 = cpu_by_process(server.pid), machine_cpu_s()
                 phases.append({"name": f"crowd of {n}", "n": n, "seeds": list(range(first_seed, first_seed + n)),
                                "browser": stats(s.actions[0][1] for s in sessions if s.actions),
                                "latencies_s": sorted(round(s.actions[0][1], 2) for s in sessions if s.actions),
                                "wall_s": round(time.perf_counter() - t0, 1),
                                "training_points": [before, await training_points(train_page)],
                                "errors": [e for s in sessions for e in s.errors],
+                               "cpu_s": {**{role: round(cpu1.get(role, 0) - cpu0.get(role, 0), 1) for role in cpu1},
+                                         "whole machine": round(machine1 - machine0, 1)},
                                "ok": all(s.result and not s.errors for s in sessions)})
             training.cancel()
             await browser.close()
@@ -225,6 +292,9 @@ def markdown(r: dict) -> str:
                      f"{line:.2f} | {b.get('median_s', 0) / line:.2f} | {b.get('max_s', 0) / line:.2f} | "
                      f"{q.get('median_s', float('nan')):.2f} / {q.get('max_s', float('nan')):.2f} | "
                      f"{c.get('median_s', float('nan')):.2f} | {p['training_points'][0]} → {p['training_points'][1]} |")
+    lines.append("\nCPU seconds used during each crowd (opening the pages, pressing Generate, drawing the results), by "
+                 "process: " + "; ".join(f"{p['name']}: " + ", ".join(f"{k} {v:.0f}" for k, v in p["cpu_s"].items())
+                                        for p in r["phases"] if "cpu_s" in p) + ".")
     for p in r["phases"]:
         if p.get("latencies_s"):
             lines.append(f"\n{p['name']}, every visitor's wait from the browser (s): {', '.join(map(str, p['latencies_s']))}"

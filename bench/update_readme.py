@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 WRITERS = {"train_speed": "bench/train_speed.py", "quality": "bench/quality.py", "load_check": "bench/load_check.py",
            "startup_time": "bench/startup_time.py", "gpu_speed": "bench/gpu_speed.py",
-           "screenshots": "bench/screenshots.py", "guided_speed": "bench/guided_speed.py"}
+           "screenshots": "bench/screenshots.py", "guided_speed": "bench/guided_speed.py",
+           "crowd_check": "bench/crowd_check.py", "batching_check": "bench/batching_check.py",
+           "request_cost": "bench/request_cost.py"}
 
 
 def encoder_table() -> str:

@@ -23,11 +23,13 @@ from pages._pickers import Tissue
 from pages._shared import caches, limits, visitor
 
 REQUEST_LOG_ENV = "DDPM_REQUEST_LOG"  # a file: one JSON line per finished request (time queued, time computing)
+THREADS_ENV = "DDPM_SAMPLING_THREADS"  # torch threads per sampling worker
 
 @st.cache_resource(show_spinner=False)
 def sampling_service() -> SamplingService:
     """The worker processes that compute every visitor's samples, trajectories and evaluations, in one fair line."""
-    return SamplingService(workers=limits().max_compute, max_deadline_s=limits().request_deadline_s,
+    threads = int(os.environ.get(THREADS_ENV) or 0) or None  # default: the cores shared among the interactive workers
+    return SamplingService(workers=limits().max_compute, threads=threads, max_deadline_s=limits().request_deadline_s,
                            log_path=os.environ.get(REQUEST_LOG_ENV) or None)
 
 
@@ -114,7 +116,8 @@ def from_workers(model: ActiveModel, request: SampleRequest, text: str, bar=None
         bar.progress(*_waiting_text(position, text))
 
     try:
-        value = sampling_service().run(visitor().id, payload, request, cost.flops, on_wait, deadline_s(cost, limits()))
+        value = sampling_service().run(visitor().id, payload, request, cost.flops, on_wait, deadline_s(cost, limits()),
+                                       cost.expected_s)
     except (RequestFailed, RequestCancelled) as err:
         bar.empty()
         st.error(f"This could not be computed: {err}")

@@ -339,3 +339,26 @@ def test_steps_for_epochs_refuses_epochs_that_are_not_a_finite_positive_number()
     for epochs in (0, -1, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="--epochs must be a finite number > 0"):
             steps_for_epochs(epochs, 1800, 100, 1)
+
+
+# ---- sampling settings from the command line: refused, never silently wrong (issue 15) --------------
+@pytest.mark.parametrize("guidance", ["nan", "inf", "-inf", "1e9", "-1", "6.5"])
+def test_sample_refuses_a_guidance_that_is_not_finite_or_outside_0_to_6(tmp_path, capsys, guidance):
+    assert main(["sample", "--checkpoint", "default", "--guidance", guidance, "-n", "2", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "guidance" in err and "must be a finite number in [0, 6]" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("command, n", [("sample", "0"), ("sample", "-3"), ("evaluate", "0")])
+def test_a_sample_count_below_one_is_a_clear_error_before_any_work(tmp_path, capsys, command, n):
+    assert main([command, "--checkpoint", "default", "-n", n, "--out", str(tmp_path / "s")]) == 2
+    assert f"-n must be at least 1, got {n}" in capsys.readouterr().err
+
+
+def test_eta_belongs_to_ddim_and_a_bad_one_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "s")
+    assert main(["sample", "--checkpoint", "default", "--sampler", "dpmpp", "--eta", "0.5", "-n", "1", "--out", out]) == 2
+    assert "DDIM's setting" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", "default", "--sampler", "ddim", "--eta", "2", "-n", "1", "--out", out]) == 2
+    assert "eta = 2.0 must be a number in [0, 1]" in capsys.readouterr().err

@@ -332,8 +332,8 @@ def test_a_killed_server_leaves_no_process_behind(tmp_path):
 
 def test_a_training_process_whose_server_was_killed_mid_step_ends_by_itself(tmp_path):
     child = ("import sys, time\n"  # a step that never reports: only the watchdog can notice the server is gone
-             "from ddpm.serving.train_process import watch_parent\n"
-             "watch_parent(int(sys.argv[1]))\n"
+             "from ddpm.serving.processes import watch_parent\n"
+             "watch_parent(int(sys.argv[1]), 'test-watchdog')\n"
              "print('watching', flush=True)\n"
              "time.sleep(600)\n")
     server = ("import os, subprocess, sys, time\n"

@@ -22,6 +22,7 @@ def test_a_visitors_new_request_replaces_their_queued_one():
     second = q.submit("ann", "c", None, 1.0)
     assert first.status == CANCELLED and first.done.is_set()
     assert [q.next(timeout=0).key for _ in range(2)] == ["b", "c"]  # ann's new request goes to the back
+    assert second.status == RUNNING and second.visitors == {"ann"}
 
 
 def test_identical_requests_are_computed_once_and_keep_the_first_place():

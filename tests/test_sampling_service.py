@@ -158,8 +158,23 @@ def test_no_worker_outlives_its_server(tmp_path, how):
     server = subprocess.Popen([sys.executable, str(script), "0.5" if how == "exits" else "60"],
                               stdout=subprocess.PIPE, text=True)
     pids = [int(p) for p in server.stdout.readline().split()]
-    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    assert len(pids) == 3 and all(_alive(p) for p in pids)  # two interactive workers and the heavy lane's
     if how == "is killed":
         server.send_signal(signal.SIGKILL)
     server.wait(60)
     assert _wait_gone(pids) == []
+
+
+def test_a_heavy_request_runs_in_its_own_lane_at_a_lower_priority_and_never_holds_up_generate(service, tiny):
+    _, payload = tiny
+    heavy = service.submit("ann", payload, request(payload, n=2000, spec=SamplingSpec("ddpm", None), seed=21), 1.0,
+                           expected_s=1e6)
+    assert heavy.payload.lane == "heavy"
+    while heavy.status == "queued":
+        time.sleep(0.05)
+    heavy_pid = service.worker_pids[-1]
+    assert os.getpriority(os.PRIO_PROCESS, heavy_pid) >= os.getpriority(os.PRIO_PROCESS, os.getpid()) + 10
+    quick = service.run("bob", payload, request(payload, n=2, seed=22), 1.0, expected_s=0.1)
+    assert quick.shape == (2, 28, 28, 3) and heavy.status == "running"  # bob did not wait for ann's evaluation
+    service.submit("ann", payload, request(payload, n=1, seed=23), 1.0, expected_s=0.1)  # ann asks for something else
+    assert heavy.done.wait(30) and heavy.status == "cancelled"  # her heavy request is nobody's any more

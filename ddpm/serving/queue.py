@@ -98,6 +98,13 @@ class FairQueue:
             self._of_visitor[visitor] = ticket
             return ticket
 
+    def withdraw(self, visitor: Hashable) -> None:
+        """The visitor gives up whatever request they have in this line (they asked for something elsewhere)."""
+        with self._lock:
+            ticket = self._of_visitor.get(visitor)
+            if ticket is not None:
+                self._leave(visitor, ticket)
+
     def leave(self, visitor: Hashable, ticket: Ticket) -> None:
         """The visitor no longer waits for ``ticket`` (they left, or their page moved on)."""
         with self._lock:

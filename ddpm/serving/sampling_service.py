@@ -1,8 +1,11 @@
-"""Heavy requests out of the web server's process: a ``FairQueue`` drained by sampling worker processes.
+"""Heavy requests out of the web server's process: fair queues drained by sampling worker processes.
 
 A page's script thread only submits, waits and draws: ``submit`` puts the request in line (or joins an
 identical one), ``wait`` blocks until it is done while telling the page its place and ETA, and raises if
-the request failed or was dropped. One dispatcher thread per worker takes the oldest request, sends it
+the request failed or was dropped. There are two lanes: interactive requests (a few seconds of work: Generate,
+New samples) and heavy ones (expected to run longer than ``heavy_after_s``: an evaluation, DDPM over many
+steps, a large uploaded network). The heavy lane has a worker of its own at a lower OS priority, so a heavy
+request, however costly within the budget, never holds up a visitor's Generate; it only takes what is left. One dispatcher thread per worker takes the oldest request, sends it
 (and the model, the first time that worker needs it) over a pipe, relays progress, and asks the worker to
 stop a request nobody waits for or one past its deadline; a worker that does not stop in time, or dies, is
 killed and replaced. Workers are spawned (never forked: torch's threads do not survive a fork), so none
@@ -20,10 +23,25 @@ import time
 import weakref
 from typing import Any, Callable, Hashable
 
+from dataclasses import dataclass
+
 from .queue import FairQueue, Position, RequestCancelled, Ticket
 from .sampling_worker import ModelPayload, SampleRequest, serve
 
 STOP_GRACE_S = 10.0  # a worker asked to stop gets this long (one network call) before it is killed
+INTERACTIVE, HEAVY = "interactive", "heavy"
+HEAVY_AFTER_S = 20.0  # requests expected to take longer go to the heavy lane
+HEAVY_NICE = 10  # the heavy lane's worker priority: it gets about a tenth of a core an interactive worker wants
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a ticket carries: the request, its model, its deadline and its lane."""
+
+    request: SampleRequest
+    model: ModelPayload
+    deadline_s: float | None
+    lane: str
 
 
 class RequestFailed(RuntimeError):
@@ -33,8 +51,8 @@ class RequestFailed(RuntimeError):
 class _Worker:
     """One worker process, its pipe and its cancel flag, driven by one dispatcher thread."""
 
-    def __init__(self, service: "SamplingService", index: int):
-        self.service, self.index = service, index
+    def __init__(self, service: "SamplingService", index: int, queue: FairQueue, nice: int = 0):
+        self.service, self.index, self.queue, self.nice = service, index, queue, nice
         self.process = None
         self.conn = None
         self.cancel_event = None
@@ -45,7 +63,8 @@ class _Worker:
         ctx = mp.get_context("spawn")
         parent_end, child_end = ctx.Pipe()
         self.cancel_event = ctx.Event()
-        self.process = ctx.Process(target=serve, args=(child_end, self.cancel_event, self.service.threads, os.getpid()),
+        self.process = ctx.Process(target=serve, args=(child_end, self.cancel_event, self.service.threads, os.getpid(),
+                                                       self.nice),
                                    daemon=True, name=f"ddpm-sampling-worker-{self.index}")
         self.process.start()
         child_end.close()
@@ -71,7 +90,7 @@ class _Worker:
         self.kill()
 
     def _dispatch(self) -> None:
-        queue = self.service.queue
+        queue = self.queue
         while not self.service.closed.is_set():
             ticket = queue.next(timeout=0.5)
             if ticket is None:
@@ -84,8 +103,8 @@ class _Worker:
             self.service.log(ticket)
 
     def _run(self, ticket: Ticket) -> None:
-        queue = self.service.queue
-        request, payload, _ = ticket.payload
+        queue = self.queue
+        request, payload = ticket.payload.request, ticket.payload.model
         deadline_s = self.service.deadline_for(ticket)
         if self.process is None or not self.process.is_alive():
             self.kill()
@@ -134,21 +153,29 @@ class _Worker:
 
 
 class SamplingService:
-    """``workers`` sampling processes with ``threads`` torch threads each, fed by one fair queue. A request runs
-    at most its own deadline (given to ``submit``), and never more than ``max_deadline_s``."""
+    """``workers`` interactive sampling processes and one heavy-lane process (unless ``heavy_after_s`` is None),
+    with ``threads`` torch threads each, each lane fed by its fair queue. A request runs at most its own deadline
+    (given to ``submit``), and never more than ``max_deadline_s``."""
 
     def __init__(self, workers: int = 1, threads: int | None = None, max_deadline_s: float = 600.0,
-                 log_path: str | os.PathLike | None = None):
+                 log_path: str | os.PathLike | None = None, heavy_after_s: float | None = HEAVY_AFTER_S,
+                 heavy_nice: int = HEAVY_NICE):
         if workers < 1:
             raise ValueError(f"a sampling service needs at least one worker, got {workers}")
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self.queue = FairQueue(workers=workers)
+        self.heavy_after_s = heavy_after_s
+        self.lanes = {INTERACTIVE: self.queue}
+        if heavy_after_s is not None:
+            self.lanes[HEAVY] = FairQueue(workers=1)
         self.max_deadline_s = max_deadline_s
         self.log_path = log_path
         self._log_lock = threading.Lock()
         self.closed = threading.Event()
         self._payloads: dict[str, ModelPayload] = {}
-        self._workers = [_Worker(self, i) for i in range(workers)]
+        self._workers = [_Worker(self, i, self.queue) for i in range(workers)]
+        if heavy_after_s is not None:
+            self._workers.append(_Worker(self, workers, self.lanes[HEAVY], heavy_nice))
         for worker in self._workers:
             worker.start_process()
             worker.thread.start()
@@ -159,8 +186,8 @@ class SamplingService:
         seconds it waited in line and computed, measured on the server (bench/crowd_check.py reads it)."""
         if self.log_path is None:
             return
-        request, _, _ = ticket.payload
-        line = {"kind": request.kind, "n": request.n, "sampler": request.spec.sampler, "steps": request.spec.steps,
+        request = ticket.payload.request
+        line = {"lane": ticket.payload.lane, "kind": request.kind, "n": request.n, "sampler": request.spec.sampler, "steps": request.spec.steps,
                 "seed": request.seed, "status": ticket.status, "visitors": len(ticket.visitors),
                 "queued_s": ticket.queued_s, "compute_s": ticket.compute_s, "work": ticket.work,
                 "finished_unix": time.time()}
@@ -172,29 +199,39 @@ class SamplingService:
         return [w.process.pid for w in self._workers if w.process is not None]
 
     def deadline_for(self, ticket: Ticket) -> float:
-        _, _, deadline_s = ticket.payload
+        deadline_s = ticket.payload.deadline_s
         return self.max_deadline_s if deadline_s is None else min(self.max_deadline_s, deadline_s)
+
+    def queue_of(self, ticket: Ticket) -> FairQueue:
+        return self.lanes[ticket.payload.lane]
 
     # ---- the page's side ----------------------------------------------------------------------
     def submit(self, visitor: Hashable, model: ModelPayload, request: SampleRequest, work: float,
-               deadline_s: float | None = None) -> Ticket:
-        """Put ``request`` in line for ``visitor`` (replacing their previous one; joining an identical one). ``work``
-        is its cost (e.g. FLOPs: the ETA divides it by the measured speed); past ``deadline_s`` it is stopped."""
+               deadline_s: float | None = None, expected_s: float | None = None) -> Ticket:
+        """Put ``request`` in line for ``visitor`` (replacing their previous one, in either lane; joining an identical
+        one). ``work`` is its cost (e.g. FLOPs: the ETA divides it by the measured speed); past ``deadline_s`` it is
+        stopped; expected to take longer than ``heavy_after_s`` (``expected_s``), it goes to the heavy lane."""
         if request.model_key != model.key:
             raise ValueError("the request names another model than the one given")
+        heavy = HEAVY in self.lanes and expected_s is not None and expected_s > self.heavy_after_s
+        lane = HEAVY if heavy else INTERACTIVE
+        for name, queue in self.lanes.items():
+            if name != lane:
+                queue.withdraw(visitor)  # one request in flight per visitor, whichever lane it was in
         key = (request.model_key, request.kind, request.spec, request.seed, request.n, request.classes, request.precision)
-        return self.queue.submit(visitor, key, (request, model, deadline_s), work)
+        return self.lanes[lane].submit(visitor, key, Job(request, model, deadline_s, lane), work)
 
     def wait(self, visitor: Hashable, ticket: Ticket, on_wait: Callable[[Position], None] | None = None,
              every_s: float = 0.5) -> Any:
         """The result of ``ticket``; ``on_wait(position)`` is called while it waits or runs. If ``on_wait`` raises
         (the visitor left or clicked again), the visitor leaves the line and the exception goes on."""
+        queue = self.queue_of(ticket)
         try:
             while not ticket.done.wait(every_s):
                 if on_wait is not None:
-                    on_wait(self.queue.position(ticket))
+                    on_wait(queue.position(ticket))
         except BaseException:
-            self.queue.leave(visitor, ticket)
+            queue.leave(visitor, ticket)
             raise
         if ticket.status == "done":
             return ticket.result
@@ -203,15 +240,17 @@ class SamplingService:
         raise RequestFailed(ticket.error or "the request failed")
 
     def run(self, visitor: Hashable, model: ModelPayload, request: SampleRequest, work: float,
-            on_wait: Callable[[Position], None] | None = None, deadline_s: float | None = None) -> Any:
-        return self.wait(visitor, self.submit(visitor, model, request, work, deadline_s), on_wait)
+            on_wait: Callable[[Position], None] | None = None, deadline_s: float | None = None,
+            expected_s: float | None = None) -> Any:
+        return self.wait(visitor, self.submit(visitor, model, request, work, deadline_s, expected_s), on_wait)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Cancel what waits, stop the workers (killing any that do not stop) and end the dispatchers."""
         if self.closed.is_set():
             return
         self.closed.set()
-        self.queue.close()
+        for queue in self.lanes.values():
+            queue.close()
         for worker in self._workers:
             if worker.cancel_event is not None:
                 worker.cancel_event.set()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..sampling_spec import SamplingSpec
+from .processes import watch_parent
 
 KINDS = ("samples", "trajectory", "evaluation")
 MODELS_KEPT = 4  # models a worker keeps loaded (the shipped two, a visitor's run and an upload)
@@ -116,17 +116,11 @@ def _evaluation_inputs():
     return load_reference(), load_encoder()
 
 
-def _watch_parent(parent_pid: int, every_s: float = 0.5) -> None:
-    """Exit at once when the server that started this worker is gone (a killed parent leaves us to init)."""
-    while True:
-        if os.getppid() != parent_pid:
-            os._exit(0)
-        time.sleep(every_s)
-
-
-def serve(conn, cancel_event, threads: int, parent_pid: int) -> None:
-    """The worker process's main loop (the target of ``multiprocessing.Process``)."""
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="ddpm-parent-watch").start()
+def serve(conn, cancel_event, threads: int, parent_pid: int, nice: int = 0) -> None:
+    """The worker process's main loop (the target of ``multiprocessing.Process``); ``nice`` lowers its priority."""
+    watch_parent(parent_pid, "ddpm-sampling-watchdog")
+    if nice:
+        os.nice(nice)  # before torch starts its threads, so they inherit it
     import torch
 
     torch.set_num_threads(threads)

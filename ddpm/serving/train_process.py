@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,14 +25,14 @@ from ..pipeline import generate
 from ..presets import SCHEDULES, get_preset
 from ..sampling_spec import DEFAULT_SPEC
 from ..schedules import ScheduleConfig
-from .train_request import TrainRequest
 from ..training import NonFiniteLossError, Trainer, TrainProgress
 from ..unet import UNetConfig, build_unet
+from .processes import watch_parent
+from .train_request import TrainRequest
 
 log = logging.getLogger(__name__)
 
 NICE = 19  # the lowest priority: the scheduler gives a nice-0 visitor's sampling ~70× the share of a nice-19 thread
-WATCH_EVERY_S = 0.5  # how often the child checks that the server process still exists
 
 
 def train_threads(env: dict[str, str] | None = None) -> int:
@@ -125,24 +123,11 @@ def lower_priority(nice: int = NICE) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, nice)
 
 
-def watch_parent(parent_pid: int, every: float = WATCH_EVERY_S) -> threading.Thread:
-    """A started daemon thread that ends this process at once when ``parent_pid`` is no longer its parent."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(every)
-        os._exit(1)  # the server is gone: nobody can read the run any more, and the next server deletes its folder
-
-    thread = threading.Thread(target=watch, daemon=True, name="ddpm-train-watchdog")
-    thread.start()
-    return thread
-
-
 def main(conn, stop_event, parent_pid: int, spec: RunSpec, images: torch.Tensor,
          labels: torch.Tensor | None) -> None:
     """The child's whole life: lower priority, train, report; always ends with one final message."""
     lower_priority()  # first, so every thread torch starts from now on inherits it
-    watch_parent(parent_pid)
+    watch_parent(parent_pid, "ddpm-train-watchdog")
     torch.set_num_threads(spec.threads)
     req = spec.request
     try:
