@@ -64,7 +64,7 @@ async def start_costliest_request(browser, url: str):
     context = await browser.new_context(viewport=VIEWPORT)
     page = await context.new_page()
     await open_page(page, url, "compare")
-    thumb = page.locator(f"{key_selector('cmp_n')} [role=slider]")
+    thumb = page.locator(f"{key_selector('cmp_n')} input[type=range]")
     await thumb.focus()
     await thumb.press("End")
     await page.get_by_role("button", name="Run a fresh evaluation").click()

@@ -4,6 +4,7 @@ script thread only submits, waits and draws."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,16 @@ from pages._pickers import Tissue
 from pages._shared import caches, limits, visitor
 
 REQUEST_LOG_ENV = "DDPM_REQUEST_LOG"  # a file: one JSON line per finished request (time queued, time computing)
-THREADS_ENV = "DDPM_SAMPLING_THREADS"  # torch threads per sampling worker
+#: torch threads per sampling worker. One: on 2 cores shared with the server, a training run and (in the bench) the
+#: browser, one thread made a crowd of 10 wait a median 20.8 s where two made it wait 38.2 s (bench/crowd_check.py,
+#: 2026-12-01); on a quiet machine two are faster (1.1 s against 1.9 s for Reverse's 9 images).
+THREADS_ENV = "DDPM_SAMPLING_THREADS"
+REDRAW_EVERY_S = 3.0
 
 @st.cache_resource(show_spinner=False)
 def sampling_service() -> SamplingService:
     """The worker processes that compute every visitor's samples, trajectories and evaluations, in one fair line."""
-    threads = int(os.environ.get(THREADS_ENV) or 0) or None  # default: the cores shared among the interactive workers
-    return SamplingService(workers=limits().max_compute, threads=threads, max_deadline_s=limits().request_deadline_s,
+    return SamplingService(workers=limits().max_compute, threads=int(os.environ.get(THREADS_ENV) or 1), max_deadline_s=limits().request_deadline_s,
                            log_path=os.environ.get(REQUEST_LOG_ENV) or None)
 
 
@@ -89,9 +93,12 @@ def run_evaluation(model: ActiveModel, n: int, tissue: Tissue | None = None, bar
 
 # ---- heavy computations: submitted to the sampling workers, waited for with the visitor's place ------
 def _waiting_text(position: Position, text: str) -> tuple[float, str]:
-    eta = "" if position.eta_s is None else f", about {max(1, round(position.eta_s))} s"
+    """(fraction, words) for the progress bar; coarse on purpose (ETA in 5 s steps, progress in tenths): each change
+    is a redraw in the visitor's browser, and a crowd of waiting visitors should not be a crowd of redraws."""
+    eta = "" if position.eta_s is None else f", about {max(5, 5 * round(position.eta_s / 5))} s"
     if position.running:
-        return position.progress, f"{text} {position.progress:.0%}{eta}"
+        progress = int(position.progress * 10) / 10
+        return progress, f"{text} {progress:.0%}{eta}"
     ahead = position.ahead
     return 0.0, (f"Waiting for your turn: {ahead} request{'s' if ahead != 1 else ''} ahead of yours{eta} "
                  f"(this server computes {limits().max_compute} at a time, first come first served)…")
@@ -112,8 +119,15 @@ def from_workers(model: ActiveModel, request: SampleRequest, text: str, bar=None
         st.stop()
     bar = bar or st.progress(0.0, text=text)
 
+    shown = [None, 0.0]
+
     def on_wait(position: Position) -> None:
-        bar.progress(*_waiting_text(position, text))
+        now = _waiting_text(position, text)
+        # a change is sent to the browser, and every few seconds the same text: a call into Streamlit is where a
+        # visitor who left (or clicked again) is noticed, and then they leave the line
+        if now != shown[0] or time.monotonic() - shown[1] > REDRAW_EVERY_S:
+            shown[:] = [now, time.monotonic()]
+            bar.progress(*now)
 
     try:
         value = sampling_service().run(visitor().id, payload, request, cost.flops, on_wait, deadline_s(cost, limits()),
