@@ -174,10 +174,11 @@ class SamplingService:
         self.closed = threading.Event()
         self._payloads: dict[str, ModelPayload] = {}
         self._workers = [_Worker(self, i, self.queue) for i in range(workers)]
-        if heavy_after_s is not None:
+        for worker in self._workers:
+            worker.start_process()  # ready before the first visitor asks
+        if heavy_after_s is not None:  # its process starts with the first heavy request: most servers never see one
             self._workers.append(_Worker(self, workers, self.lanes[HEAVY], heavy_nice))
         for worker in self._workers:
-            worker.start_process()
             worker.thread.start()
         atexit.register(_shutdown_at_exit, weakref.ref(self))
 
