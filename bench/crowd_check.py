@@ -293,7 +293,7 @@ def main() -> None:
 def markdown(r: dict) -> str:
     m = r["meta"]
     lines = [f"**A classroom at once.** Measured {m['date']} on {m['cpu_cores']} CPU cores ({m['machine']}); {m['browser']}. "
-             f"Server: `streamlit run app.py`, {m['model']}, env {m['server_env']} (one sampling worker). One visitor "
+             f"Server: `streamlit run app.py`, {m['model']}, env {m['server_env']} (the hosted limits: two one-thread sampling workers and a heavy lane). One visitor "
              f"trains throughout ({m['training']['preset']} preset, up to {m['training']['steps']} steps, batch "
              f"{m['training']['batch']}); the others press Generate on Reverse denoising (9 images, DPM-Solver++ 20, "
              f"guidance 1.5), each with a seed nobody else uses, all in the same second. Chromium at nice "

@@ -32,6 +32,7 @@ STOP_GRACE_S = 10.0  # a worker asked to stop gets this long (one network call) 
 INTERACTIVE, HEAVY = "interactive", "heavy"
 HEAVY_AFTER_S = 20.0  # requests expected to take longer go to the heavy lane
 HEAVY_NICE = 10  # the heavy lane's worker priority: it gets about a tenth of a core an interactive worker wants
+HEAVY_IDLE_S = 60.0  # the heavy lane's process ends after this long without work (its memory goes back)
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,10 @@ class RequestFailed(RuntimeError):
 class _Worker:
     """One worker process, its pipe and its cancel flag, driven by one dispatcher thread."""
 
-    def __init__(self, service: "SamplingService", index: int, queue: FairQueue, nice: int = 0):
+    def __init__(self, service: "SamplingService", index: int, queue: FairQueue, nice: int = 0,
+                 idle_stop_s: float | None = None):
         self.service, self.index, self.queue, self.nice = service, index, queue, nice
+        self.idle_stop_s = idle_stop_s  # end the process after this long without work (None: keep it)
         self.process = None
         self.conn = None
         self.cancel_event = None
@@ -91,9 +94,13 @@ class _Worker:
 
     def _dispatch(self) -> None:
         queue = self.queue
+        idle_since = time.monotonic()
         while not self.service.closed.is_set():
             ticket = queue.next(timeout=0.5)
             if ticket is None:
+                if self.idle_stop_s is not None and self.process is not None \
+                        and time.monotonic() - idle_since > self.idle_stop_s:
+                    self.stop(5.0)
                 continue
             try:
                 self._run(ticket)
@@ -101,6 +108,7 @@ class _Worker:
                 queue.finish(ticket, error=f"the sampling worker failed: {type(err).__name__}: {err}")
                 self.kill()
             self.service.log(ticket)
+            idle_since = time.monotonic()
 
     def _run(self, ticket: Ticket) -> None:
         queue = self.queue
@@ -177,7 +185,7 @@ class SamplingService:
         for worker in self._workers:
             worker.start_process()  # ready before the first visitor asks
         if heavy_after_s is not None:  # its process starts with the first heavy request: most servers never see one
-            self._workers.append(_Worker(self, workers, self.lanes[HEAVY], heavy_nice))
+            self._workers.append(_Worker(self, workers, self.lanes[HEAVY], heavy_nice, idle_stop_s=HEAVY_IDLE_S))
         for worker in self._workers:
             worker.thread.start()
         atexit.register(_shutdown_at_exit, weakref.ref(self))

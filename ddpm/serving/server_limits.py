@@ -72,7 +72,7 @@ class ServerLimits:
                        request_deadline_s=_env_number(env, "DDPM_REQUEST_DEADLINE_S", base.request_deadline_s, float))
 
 
-#: The caps on a shared 2-core Space: a few minutes of training, the two CPU-sized presets, one sampling worker.
+#: The caps on a shared 2-core Space: a few minutes of training, the two CPU-sized presets, two one-thread sampling workers.
 HOSTED_LIMITS = ServerLimits(hosted=True, max_steps=500, max_batch=64, max_minutes=15.0, presets=("seed", "small"),
-                             max_eval_samples=300, max_compute=1, keep_runs_minutes=30.0, max_request_gflop=12_000.0,
+                             max_eval_samples=300, max_compute=2, keep_runs_minutes=30.0, max_request_gflop=12_000.0,
                              request_deadline_s=900.0)
