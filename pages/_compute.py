@@ -3,6 +3,7 @@ workers (ddpm.serving), waited for with the visitor's place and ETA, and cached 
 script thread only submits, waits and draws."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -25,16 +26,18 @@ from pages._shared import caches, limits, visitor
 
 REQUEST_LOG_ENV = "DDPM_REQUEST_LOG"  # a file: one JSON line per finished request (time queued, time computing)
 #: torch threads per sampling worker. One: on 2 cores shared with the server, a training run and (in the bench) the
-#: browser, one thread made a crowd of 10 wait a median 20.8 s where two made it wait 38.2 s (bench/crowd_check.py,
-#: 2026-12-01); on a quiet machine two are faster (1.1 s against 1.9 s for Reverse's 9 images).
+#: browser, a crowd of 10 waited a median 38.2 s with one two-thread worker, 20.8 s with one one-thread worker and
+#: 17.6 s with two (bench/crowd_check.py, 2026-12-01); alone on a quiet machine two threads are faster (1.1 s
+#: against 1.9 s for Reverse's 9 images).
 THREADS_ENV = "DDPM_SAMPLING_THREADS"
 REDRAW_EVERY_S = 3.0
+
 
 @st.cache_resource(show_spinner=False)
 def sampling_service() -> SamplingService:
     """The worker processes that compute every visitor's samples, trajectories and evaluations, in one fair line."""
-    return SamplingService(workers=limits().max_compute, threads=int(os.environ.get(THREADS_ENV) or 1), max_deadline_s=limits().request_deadline_s,
-                           log_path=os.environ.get(REQUEST_LOG_ENV) or None)
+    return SamplingService(workers=limits().max_compute, threads=int(os.environ.get(THREADS_ENV) or 1),
+                           max_deadline_s=limits().request_deadline_s, log_path=os.environ.get(REQUEST_LOG_ENV) or None)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -109,8 +112,7 @@ def from_workers(model: ActiveModel, request: SampleRequest, text: str, bar=None
     the progress. A failure is shown on the page, which stops there."""
     checkpoint = model.checkpoint
     payload = _payload(model.key, checkpoint)
-    request = SampleRequest(request.kind, payload.key, request.spec, request.seed, request.n, request.classes,
-                            request.precision)
+    request = dataclasses.replace(request, model_key=payload.key)  # the workers know models by their weights' sha256
     try:
         cost = check_request_cost(checkpoint.model_config, request.spec, request.n, checkpoint.schedule.num_timesteps,
                                   limits(), kind=request.kind, conditional=model.conditional)
@@ -118,7 +120,6 @@ def from_workers(model: ActiveModel, request: SampleRequest, text: str, bar=None
         st.error(f"This server does not run that: {err}")
         st.stop()
     bar = bar or st.progress(0.0, text=text)
-
     shown = [None, 0.0]
 
     def on_wait(position: Position) -> None:
