@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,18 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ddpm.checkpoints import load_checkpoint  # noqa: E402
 from ddpm.device import use_bf16  # noqa: E402
 from ddpm.pipeline import generate  # noqa: E402
+from guided_speed import timed  # noqa: E402  (the median of repeated runs after a warm-up, as the speed benches time)
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def rows_identical(model, batch: int, total: int, precision: str) -> bool:
