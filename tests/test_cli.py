@@ -344,7 +344,7 @@ def test_steps_for_epochs_refuses_epochs_that_are_not_a_finite_positive_number()
 # ---- sampling settings from the command line: refused, never silently wrong (issue 15) --------------
 @pytest.mark.parametrize("guidance", ["nan", "inf", "-inf", "1e9", "-1", "6.5"])
 def test_sample_refuses_a_guidance_that_is_not_finite_or_outside_0_to_6(tmp_path, capsys, guidance):
-    assert main(["sample", "--checkpoint", "default", "--guidance", guidance, "-n", "2", "--out", str(tmp_path / "s")]) == 2
+    assert main(["sample", "--checkpoint", "default", f"--guidance={guidance}", "-n", "2", "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert "guidance" in err and "must be a finite number in [0, 6]" in err
     assert not list(tmp_path.iterdir())  # nothing written
