@@ -13,7 +13,7 @@ always at t = T-1: the step where a zero-terminal-SNR schedule has x_T = pure no
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
@@ -260,17 +260,23 @@ SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDPM, DDIM, DPMS
 
 
 def get_sampler(name: str, *, eta: float = 0.0, clip_sample: bool = True) -> Sampler:
-    """The sampler called ``name`` with these settings; η is DDIM's alone (any other sampler refuses η ≠ 0)."""
+    """The sampler called ``name`` with these settings; η belongs to the samplers that have it (DDIM): any other
+    refuses η ≠ 0 rather than ignore it."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {name!r}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     cls = SAMPLERS[name]
-    if cls is DDIM:
-        return DDIM(clip_sample=clip_sample, eta=eta)
+    if _has_eta(cls):
+        return cls(clip_sample=clip_sample, eta=eta)
     if eta != 0.0:
-        raise ValueError(f"eta is DDIM's setting; {name!r} has none (leave eta at 0 or use 'ddim')")
+        owners = "/".join(n.upper() for n, c in SAMPLERS.items() if _has_eta(c))
+        raise ValueError(f"eta is {owners}'s setting; {name!r} has none (leave eta at 0)")
     return cls(clip_sample=clip_sample)
+
+
+def _has_eta(cls: type[Sampler]) -> bool:
+    return "eta" in {f.name for f in fields(cls)}
 
 
 def sample_progressive(

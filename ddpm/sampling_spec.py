@@ -54,8 +54,11 @@ class SamplingSpec:
             problems.append(f"guidance = {self.guidance!r} must be a finite number in [0, {MAX_GUIDANCE:g}]")
         if not (_is_number(self.eta) and 0 <= self.eta <= 1):
             problems.append(f"eta = {self.eta!r} must be a number in [0, 1]")
-        elif self.eta != 0 and not problems and SAMPLERS[self.sampler] is not SAMPLERS["ddim"]:
-            problems.append(f"eta = {self.eta!r} is DDIM's setting; {self.sampler} has none (leave it at 0)")
+        elif not problems:
+            try:
+                get_sampler(self.sampler, eta=self.eta)  # the sampler decides whether it has an η
+            except ValueError as err:
+                problems.append(str(err))
         if problems:
             raise SamplingSpecError("; ".join(problems))
         object.__setattr__(self, "guidance", float(self.guidance))
