@@ -180,7 +180,6 @@ class SamplingService:
         self.log_path = log_path
         self._log_lock = threading.Lock()
         self.closed = threading.Event()
-        self._payloads: dict[str, ModelPayload] = {}
         self._workers = [_Worker(self, i, self.queue) for i in range(workers)]
         for worker in self._workers:
             worker.start_process()  # ready before the first visitor asks
