@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 
@@ -46,9 +46,10 @@ def guided_model(model: Callable[..., torch.Tensor], class_labels: torch.Tensor 
                  num_classes: int | None) -> ModelFn:
     """The ``ModelFn`` a sampler calls for a class-conditional network under classifier-free guidance.
 
-    ``model(x, t, labels)`` with labels (B,) in [0, K], K = ``num_classes`` meaning "no class".
-    ``class_labels=None`` gives the plain ``model(x, t)``. For s ∉ {0, 1} the conditional and
-    unconditional predictions come from one forward pass over a batch of 2B, not two passes.
+    ``model(x, t, labels)`` with labels (B,) in [0, K], K = ``num_classes`` meaning "no class", or (B, K+1)
+    weights over the class embeddings (a mix of tissues, ``unet.ClassEmbedding``). ``class_labels=None`` gives
+    the plain ``model(x, t)``. For s ∉ {0, 1} the conditional and unconditional predictions come from one
+    forward pass over a batch of 2B, not two passes.
     """
     if class_labels is None:
         return model
@@ -62,12 +63,22 @@ def guided_model(model: Callable[..., torch.Tensor], class_labels: torch.Tensor 
         if scale == 1.0:
             return model(x, t, labels)
         if scale == 0.0:
-            return model(x, t, torch.full_like(labels, num_classes))
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, num_classes)]))
+            return model(x, t, no_class_like(labels, num_classes))
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, no_class_like(labels, num_classes)]))
         cond, uncond = out.float().chunk(2)
         return classifier_free_guidance(cond, uncond, scale)
 
     return fn
+
+
+def no_class_like(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """"No class" for every image, in the form of ``labels``: index K for (B,) indices, the one-hot of K for (B, K+1)
+    weights."""
+    if labels.is_floating_point():
+        none = torch.zeros_like(labels)
+        none[:, num_classes] = 1.0
+        return none
+    return torch.full_like(labels, num_classes)
 
 
 def trailing_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
@@ -291,16 +302,19 @@ def sample_progressive(
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
+    timesteps: Sequence[int] | None = None,
 ) -> Iterator[SamplerStep]:
     """Run a sampler from pure noise, yielding one SamplerStep per network evaluation.
 
     ``model(x_t, t)`` takes (B, C, H, W) and timesteps (B,) and returns the ε or v prediction.
     ``sampler`` is a name in ``SAMPLERS`` (with ``eta`` and ``clip_sample``) or a ``Sampler``; ``num_steps``
     defaults to the sampler's own (all T for DDPM, ``DEFAULT_STEPS`` otherwise).
+    ``timesteps`` (decreasing) replaces the sampler's own: ``noise`` is then x at ``timesteps[0]``, which may be
+    a partly noised image rather than pure noise (SDEdit starts there, ``editing.sdedit``).
     Random draws come from ``generator`` on the CPU, so a seed gives the same images on any device.
     """
     algo = sampler if isinstance(sampler, Sampler) else get_sampler(sampler, eta=eta, clip_sample=clip_sample)
-    timesteps = algo.timesteps(schedule.num_timesteps, num_steps)
+    timesteps = algo.timesteps(schedule.num_timesteps, num_steps) if timesteps is None else list(timesteps)
 
     def randn() -> torch.Tensor:
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)

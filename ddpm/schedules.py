@@ -183,6 +183,17 @@ def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: 
     return extract(schedule.sqrt_alphas_cumprod, t, x0) * x0 + extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
 
+def q_sample_from(schedule: NoiseSchedule, x_s: torch.Tensor, s: int, t: int, noise: torch.Tensor) -> torch.Tensor:
+    """x_t ~ q(x_t | x_s) for s < t: √(ᾱ_t/ᾱ_s) x_s + √(1 - ᾱ_t/ᾱ_s) ε, the forward process run on from step s
+    (s = -1 is the data, where this is ``q_sample``). Going back up a step, as RePaint's resampling does.
+    x_s, noise: (B, C, H, W)."""
+    if not -1 <= s < t < schedule.num_timesteps:
+        raise ValueError(f"need -1 ≤ s < t < T = {schedule.num_timesteps}, got s = {s}, t = {t}")
+    a_s = 1.0 if s < 0 else float(schedule.alphas_cumprod[s])
+    ratio = float(schedule.alphas_cumprod[t]) / a_s
+    return math.sqrt(ratio) * x_s + math.sqrt(max(1.0 - ratio, 0.0)) * noise
+
+
 def q_posterior_mean_variance(
     schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -71,7 +71,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
 class ClassEmbedding(nn.Module):
     """Learned per-class vectors added to the time embedding; index ``num_classes`` is "no class".
 
-    Zero-initialised, so the network starts out ignoring the label.
+    Zero-initialised, so the network starts out ignoring the label. Labels are (B,) indices in [0, K], or
+    (B, K+1) float weights over the K+1 vectors: the weighted sum Σ_k w_k e_k, a mix of tissues
+    (``editing.morph``). A one-hot row gives exactly its index's vector (it is summed with zeros, in float32).
     """
 
     def __init__(self, num_classes: int, dim: int):
@@ -83,6 +85,12 @@ class ClassEmbedding(nn.Module):
     def forward(self, class_labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         if class_labels is None:
             class_labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        if class_labels.is_floating_point():
+            if class_labels.ndim != 2 or class_labels.shape[1] != self.num_classes + 1:
+                raise ValueError(f"class weights must be (B, {self.num_classes + 1}), one weight per class and the last "
+                                 f"for \"no class\", got {tuple(class_labels.shape)}")
+            weights = self.embedding.weight.float()  # not autocast: elementwise ops keep float32
+            return (class_labels.float()[:, :, None] * weights[None]).sum(1)  # (B, dim)
         return self.embedding(class_labels)  # (B, dim)
 
 
@@ -209,7 +217,8 @@ class ResUNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, C, H, W), t: (B,) timesteps, class_labels: (B,) in [0, num_classes] or None ("no class")."""
+        """x: (B, C, H, W), t: (B,) timesteps, class_labels: (B,) in [0, num_classes], (B, num_classes + 1) weights
+        (``ClassEmbedding``) or None ("no class")."""
         cfg = self.config
         emb = _add_class(self.time_mlp(timestep_embedding(t, cfg.base_channels)), self.class_embed, class_labels)
         h = self.conv_in(x)

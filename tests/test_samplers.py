@@ -412,6 +412,33 @@ def test_guided_model_combines_cond_and_uncond_from_one_call_on_a_batch_of_2b(sc
     torch.testing.assert_close(out, uncond + scale * (cond - uncond))
 
 
+def test_guided_model_with_class_weights_pairs_them_with_the_one_hot_of_no_class():
+    seen = []
+
+    def model(x, t, labels):
+        seen.append(labels.clone())
+        return x * labels.sum(1)[:, None, None, None]
+
+    weights = torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]])  # K = 2 tissues and "no class"
+    guided_model(model, weights, 2.0, 2)(torch.randn(2, 1, 2, 2), torch.tensor([1, 1]))
+    assert torch.equal(seen[0], torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]))
+    guided_model(model, weights, 0.0, 2)(torch.randn(2, 1, 2, 2), torch.tensor([1, 1]))
+    assert torch.equal(seen[1], torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]))
+
+
+def test_sample_progressive_can_start_from_a_given_x_at_given_timesteps():
+    seen = []
+
+    def model(x, t):
+        seen.append((x.clone(), t.tolist()))
+        return torch.zeros_like(x)
+
+    x = torch.randn(2, 1, 2, 2)
+    steps = list(sample_progressive(model, DEFAULT, (2, 1, 2, 2), "dpmpp", noise=x, timesteps=[10, 4, 1]))
+    assert [s.t for s in steps] == [10, 4, 1] and [t for _, t in seen] == [[10, 10], [4, 4], [1, 1]]
+    assert torch.equal(seen[0][0], x)
+
+
 def test_guided_model_on_a_real_conditional_network_equals_two_separate_passes(tiny_config):
     torch.manual_seed(0)
     net = build_unet(UNetConfig.from_dict({**tiny_config.to_dict(), "num_classes": 9})).eval()

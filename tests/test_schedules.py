@@ -16,6 +16,7 @@ from ddpm.schedules import (
     model_output_to_x0_eps,
     q_posterior_mean_variance,
     q_sample,
+    q_sample_from,
     training_target,
     v_target,
     x0_from_eps,
@@ -118,6 +119,24 @@ def test_q_sample_has_mean_sqrt_alphabar_x0_and_variance_one_minus_alphabar():
         # standard errors: 0.005 for the mean, 0.007 for the variance at n = 40k
         assert x_t.mean().item() == pytest.approx(math.sqrt(a) * x0_value, abs=0.02)
         assert x_t.var().item() == pytest.approx(1 - a, abs=0.03)
+
+
+def test_q_sample_from_continues_the_forward_process_so_that_two_legs_make_one():
+    """x_s = q(x_s | x_0) then x_t = q(x_t | x_s): the x_0 coefficient is √ᾱ_t and the noise variance 1 - ᾱ_t."""
+    s = NoiseSchedule.from_config(ScheduleConfig())
+    x0, zero = torch.full((1, 1, 1, 1), 0.7), torch.zeros(1, 1, 1, 1)
+    for a, b in [(-1, 0), (-1, 150), (10, 60), (60, 199)]:
+        assert q_sample_from(s, x0, -1, b, zero).item() == pytest.approx(0.7 * s.sqrt_alphas_cumprod[b].item(), rel=1e-6)
+        first = q_sample(s, x0, torch.tensor([a]), zero) if a >= 0 else x0
+        assert q_sample_from(s, first, a, b, zero).item() == pytest.approx(0.7 * s.sqrt_alphas_cumprod[b].item(), rel=1e-6)
+        noise_only = [q_sample_from(s, zero, a, b, torch.ones(1, 1, 1, 1)).item(),
+                      (q_sample(s, zero, torch.tensor([a]), torch.ones(1, 1, 1, 1)).item() if a >= 0 else 0.0)]
+        ratio = s.alphas_cumprod[b].item() / (s.alphas_cumprod[a].item() if a >= 0 else 1.0)
+        variance = noise_only[0] ** 2 + ratio * noise_only[1] ** 2  # independent noises add in variance
+        assert variance == pytest.approx(1 - s.alphas_cumprod[b].item(), rel=1e-6)
+    torch.testing.assert_close(q_sample_from(s, x0, -1, 42, zero + 0.3), q_sample(s, x0, torch.tensor([42]), zero + 0.3))
+    with pytest.raises(ValueError, match="need -1 ≤ s < t < T"):
+        q_sample_from(s, x0, 50, 50, zero)
 
 
 def test_q_sample_casts_coefficients_to_the_tensor_dtype_and_broadcasts_per_sample():

@@ -216,6 +216,32 @@ def test_a_conditional_network_loaded_from_unconditional_weights_computes_exactl
     assert (a - b).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("architecture", ["resunet", "seed"])
+def test_class_weights_mix_the_embeddings_and_a_one_hot_row_is_bit_for_bit_its_index(architecture, tiny_config,
+                                                                                      probe_input):
+    config = tiny_config if architecture == "resunet" else PRESETS["seed"].model
+    model = perturbed(build_unet(conditional(config)), seed=3)
+    x, t = probe_input
+    hard = torch.tensor([2, 9])  # a tissue, and "no class"
+    one_hot = torch.nn.functional.one_hot(hard, 10).float()
+    with torch.inference_mode():
+        assert torch.equal(model(x, t, one_hot), model(x, t, hard))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the pipeline's precision where the CPU has bf16
+            assert torch.equal(model(x, t, one_hot), model(x, t, hard))
+        mix = torch.zeros(2, 10)
+        mix[:, 2], mix[:, 7] = 0.25, 0.75
+        embed = model.class_embed
+        expected = 0.25 * embed.embedding.weight[2] + 0.75 * embed.embedding.weight[7]
+        torch.testing.assert_close(embed(mix, 2, x.device), expected.expand(2, -1))
+        assert not torch.equal(model(x, t, mix), model(x, t, torch.tensor([2, 2])))
+
+
+def test_class_weights_of_the_wrong_width_are_refused_with_the_shape_expected(tiny_config, probe_input):
+    model = build_unet(conditional(tiny_config)).eval()
+    with pytest.raises(ValueError, match=r"class weights must be \(B, 10\)"):
+        model(*probe_input, torch.ones(2, 9))
+
+
 def test_load_weights_from_refuses_another_architecture_listing_the_differences(tiny_config):
     resunet = build_unet(conditional(tiny_config))
     with pytest.raises(ValueError, match=r"do not fit this network \(\d+ differences: .*(missing|unexpected)"):
