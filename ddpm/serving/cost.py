@@ -25,7 +25,7 @@ from ..samplers import SAMPLERS
 from ..sampling_spec import SamplingSpec
 from .server_limits import ServerLimits
 
-KINDS = ("samples", "trajectory", "evaluation")
+KINDS = ("samples", "trajectory", "evaluation", "edit")
 #: GFLOP/s of one request on one CPU thread, the slowest one-thread run of bench/request_cost.py: 40-66 in fp32, 76-115
 #: in bf16 over four runs (the default model, 16 images, DPM-Solver++ 20, on the 2-core dev machine at load 2-4;
 #: results/request_cost.md holds the last). Two threads on busy cores fell to 7-22: the app runs one per computation.
@@ -127,18 +127,22 @@ def reference_encoding_flops(encoder: EncoderConfig | None = None) -> float:
 
 
 def request_cost(model_config: Any, spec: SamplingSpec, n: int, num_timesteps: int, kind: str = "samples",
-                 conditional: bool | None = None) -> RequestCost:
+                 conditional: bool | None = None, passes: int | None = None) -> RequestCost:
     """The FLOPs of sampling ``n`` images with ``spec`` (for a schedule of T = ``num_timesteps``): a "samples"
-    grid, a "trajectory" (the same passes) or an "evaluation" (plus its scoring). ``conditional`` defaults to
-    whether the config has tissue classes; guidance doubles each pass's batch only for a conditional model."""
+    grid, a "trajectory" (the same passes), an "evaluation" (plus its scoring) or an "edit" (``passes`` network
+    calls on a batch of n, ``edit_request.EditRequest.network_calls``; otherwise the spec's). ``conditional``
+    defaults to whether the config has tissue classes; guidance doubles each pass's batch only for a conditional
+    model."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"number of images must be a whole number ≥ 1, got {n!r}")
+    if (kind == "edit") != (passes is not None) or not (passes is None or (isinstance(passes, int) and passes >= 1)):
+        raise ValueError(f"an edit, and only an edit, gives its network calls (a whole number ≥ 1), got {passes!r}")
     cfg = {**DEFAULTS, **(asdict(model_config) if is_dataclass(model_config) else model_config)}
     conditional = cfg.get("num_classes") is not None if conditional is None else conditional
     guided = spec.is_guided(conditional)
-    passes = spec.num_model_calls(num_timesteps)
+    passes = spec.num_model_calls(num_timesteps) if passes is None else passes
     network = float(flops_per_pass(cfg)) * passes * n * (2 if guided else 1)
     scoring = scoring_flops(n, image_size=cfg["image_size"], channels=cfg["in_channels"]) if kind == "evaluation" else 0.0
     return RequestCost(kind, network, scoring, passes, n, guided, parameter_count(cfg), spec.sampler)
@@ -160,14 +164,14 @@ def _advice(cost: RequestCost) -> str:
 
 
 def check_request_cost(model_config: Any, spec: SamplingSpec, n: int, num_timesteps: int, limits: ServerLimits,
-                       kind: str = "samples", conditional: bool | None = None) -> RequestCost:
+                       kind: str = "samples", conditional: bool | None = None, passes: int | None = None) -> RequestCost:
     """The request's cost (``request_cost``), or a RequestTooCostlyError when it is above ``limits.max_request_gflop``.
 
     The message names the cost and what makes it up, the budget, and what the visitor can change, e.g. "this
     request needs about 4,400 GFLOP (DDPM over 1000 steps × 32 images on a 46 M-parameter network); this server
     allows 300 GFLOP per request: choose DPM-Solver++ (20 steps) or fewer images".
     """
-    cost = request_cost(model_config, spec, n, num_timesteps, kind, conditional)
+    cost = request_cost(model_config, spec, n, num_timesteps, kind, conditional, passes)
     if cost.gflop > limits.max_request_gflop:
         raise RequestTooCostlyError(
             f"this request needs about {_gflop(cost.flops)} GFLOP ({cost.describe()}); this server allows "

@@ -8,13 +8,14 @@ from typing import Any, Callable, Hashable
 
 # How many of each kind the server keeps. A kind has its own slots, so a visitor's loaded model is never
 # pushed out by other visitors' figures. Sizes: a trajectory holds (steps + 1) × n uint8 frames twice (x_t and x̂₀),
-# 15 MB for a DDPM run of 16 patches at T = 200, and its animation figure holds the same frames; samples and
-# nearest neighbours are a few kB.
+# 15 MB for a DDPM run of 16 patches at T = 200, and its animation figure holds the same frames; samples, edits
+# (the Steer tissue page's) and nearest neighbours are a few kB.
 MAX_MODELS = 4  # finished training runs, loaded
 MAX_TRAJECTORIES = 8
 MAX_ANIMATIONS = 8
 MAX_SAMPLES = 32
 MAX_NEIGHBOURS = 16
+MAX_EDITS = 32
 
 
 class ResultCache:
@@ -91,3 +92,4 @@ class ResultCaches:
     animations: ResultCache = field(default_factory=lambda: ResultCache(MAX_ANIMATIONS))
     samples: ResultCache = field(default_factory=lambda: ResultCache(MAX_SAMPLES))
     neighbours: ResultCache = field(default_factory=lambda: ResultCache(MAX_NEIGHBOURS))
+    edits: ResultCache = field(default_factory=lambda: ResultCache(MAX_EDITS))

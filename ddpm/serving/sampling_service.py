@@ -195,7 +195,7 @@ class SamplingService:
         if self.log_path is None:
             return
         request = ticket.payload.request
-        line = {"lane": ticket.payload.lane, "kind": request.kind, "n": request.n, "sampler": request.spec.sampler, "steps": request.spec.steps,
+        line = {"lane": ticket.payload.lane, "kind": request.kind, "edit": request.edit and request.edit.op, "n": request.n, "sampler": request.spec.sampler, "steps": request.spec.steps,
                 "seed": request.seed, "status": ticket.status, "visitors": len(ticket.visitors),
                 "queued_s": ticket.queued_s, "compute_s": ticket.compute_s, "work": ticket.work,
                 "finished_unix": time.time()}
@@ -226,7 +226,8 @@ class SamplingService:
         for name, queue in self.lanes.items():
             if name != lane:
                 queue.withdraw(visitor)  # one request in flight per visitor, whichever lane it was in
-        key = (request.model_key, request.kind, request.spec, request.seed, request.n, request.classes, request.precision)
+        key = (request.model_key, request.kind, request.spec, request.seed, request.n, request.classes, request.precision,
+               request.edit)
         return self.lanes[lane].submit(visitor, key, Job(request, model, deadline_s, lane), work)
 
     def wait(self, visitor: Hashable, ticket: Ticket, on_wait: Callable[[Position], None] | None = None,

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..sampling_spec import SamplingSpec
+from .edit_request import EditRequest
 from .processes import watch_parent
 
-KINDS = ("samples", "trajectory", "evaluation")
+KINDS = ("samples", "trajectory", "evaluation", "edit")
 MODELS_KEPT = 4  # models a worker keeps loaded (the shipped two, a visitor's run and an upload)
 
 
@@ -52,7 +53,8 @@ class ModelPayload:
 @dataclass(frozen=True)
 class SampleRequest:
     """What to compute: ``kind`` in KINDS, with the model's key, the spec, the seed, the number of images and the
-    tissues asked for (None, ``pipeline.PRIOR``, one class, or a tuple of one class per image)."""
+    tissues asked for (None, ``pipeline.PRIOR``, one class, or a tuple of one class per image); an "edit" says which
+    in ``edit`` (``edit_request``: there ``n`` is its batch)."""
 
     kind: str
     model_key: str
@@ -61,12 +63,15 @@ class SampleRequest:
     n: int
     classes: int | str | tuple[int, ...] | None = None
     precision: str = "auto"
+    edit: EditRequest | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if not (isinstance(self.n, int) and self.n >= 1):
             raise ValueError(f"a request needs at least one image, got n = {self.n!r}")
+        if (self.kind == "edit") != isinstance(self.edit, EditRequest):
+            raise ValueError("an edit request needs its EditRequest, and only an edit request takes one")
 
 
 def load_payload(payload: ModelPayload):
@@ -84,11 +89,15 @@ def load_payload(payload: ModelPayload):
 
 
 def run_request(checkpoint, request: SampleRequest, report: Callable[[float], None]) -> Any:
-    """Compute ``request`` with ``checkpoint``: uint8 (n, H, W, 3) samples, a ``Trajectory``, or an evaluation
-    report. ``report(fraction)`` follows every network call; it may raise ``Cancelled`` to stop the run."""
+    """Compute ``request`` with ``checkpoint``: uint8 (n, H, W, 3) samples, a ``Trajectory``, an evaluation report
+    or an ``edit_request.EditResult``. ``report(fraction)`` follows every network call; it may raise ``Cancelled``
+    to stop the run."""
     from ..data import to_hwc_numpy
     from ..pipeline import generate, trajectory
+    from .edit_request import run_edit
 
+    if request.kind == "edit":
+        return run_edit(checkpoint, request, report)
     model, schedule = checkpoint.model, checkpoint.schedule
     classes = list(request.classes) if isinstance(request.classes, tuple) else request.classes
     if request.kind == "samples":
