@@ -200,23 +200,136 @@ def denoising_animation_figure(samples: np.ndarray, pred_x0: np.ndarray, timeste
     for col, trace in enumerate(panels(last), start=1):
         fig.add_trace(trace, 1, col)
     fig.frames = [go.Frame(data=panels(i), traces=[0, 1], name=str(i)) for i in shown]
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=40, b=10), showlegend=False,
+                      **_play_controls([str(i) for i in shown], [label(i) for i in shown], frame_ms, len(shown) - 1))
+    return _hide_axes(fig)
+
+
+def _play_controls(names: Sequence[str], labels: Sequence[str], frame_ms: int, active: int,
+                   tick_labels: bool = False) -> dict:
+    """``updatemenus`` (▶ Play, ❚❚ Pause) and a ``sliders`` over the frames called ``names``, for ``update_layout``;
+    the slider starts at frame ``active`` and shows the frame's label (its ticks too, with ``tick_labels``)."""
     play = dict(label="▶ Play", method="animate",
                 args=[None, dict(frame=dict(duration=frame_ms, redraw=True), fromcurrent=True, mode="immediate",
                                  transition=dict(duration=0))])
     pause = dict(label="❚❚ Pause", method="animate",
                  args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate", transition=dict(duration=0))])
-    steps = [dict(label=label(i), method="animate",
-                  args=[[str(i)], dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))])
-             for i in shown]
-    fig.update_layout(
-        height=height, margin=dict(l=0, r=0, t=40, b=10), showlegend=False,
-        updatemenus=[dict(type="buttons", direction="left", buttons=[play, pause], x=0, y=-0.02,
-                          xanchor="left", yanchor="top", pad=dict(t=10, r=10), showactive=False)],
-        sliders=[dict(active=len(shown) - 1, steps=steps, x=0.18, len=0.82, y=-0.02, yanchor="top",
-                      currentvalue=dict(visible=True), font=dict(color="rgba(0,0,0,0)"),  # ticks too dense to label
-                      pad=dict(t=10))],
-    )
+    steps = [dict(label=label, method="animate",
+                  args=[[name], dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))])
+             for name, label in zip(names, labels)]
+    font = {} if tick_labels else dict(font=dict(color="rgba(0,0,0,0)"))  # ticks too dense to label
+    return dict(updatemenus=[dict(type="buttons", direction="left", buttons=[play, pause], x=0, y=-0.02,
+                                  xanchor="left", yanchor="top", pad=dict(t=10, r=10), showactive=False)],
+                sliders=[dict(active=active, steps=steps, x=0.18, len=0.82, y=-0.02, yanchor="top",
+                              currentvalue=dict(visible=True), pad=dict(t=10), **font)])
+
+
+# ---- steering a tissue (ddpm.editing, the Steer tissue page) ---------------------------------------------------------
+MASK_GREY = (128, 128, 128)
+
+
+def masked_image(image_hwc: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The patch with its masked pixels (``mask`` (H, W) bool, True = to fill) painted mid-grey: what inpainting keeps."""
+    image_hwc, mask = np.asarray(image_hwc), np.asarray(mask, dtype=bool)
+    if image_hwc.shape[:2] != mask.shape:
+        raise ValueError(f"the mask {mask.shape} must match the patch's height and width {image_hwc.shape[:2]}")
+    out = image_hwc.copy()
+    out[mask] = MASK_GREY
+    return out
+
+
+def image_row_figure(images_hwc: np.ndarray, titles: Sequence[str], height: int = 220,
+                     ncols: int | None = None) -> go.Figure:
+    """One titled panel per patch, in rows of ``ncols`` (default: all in one row). images_hwc: (N, H, W, 3) uint8, or
+    a list of N (H, W, 3) patches."""
+    images_hwc = np.asarray(images_hwc)
+    _grid(images_hwc, 1)  # checks the dtype and layout
+    if len(titles) != len(images_hwc):
+        raise ValueError(f"need one title per patch: {len(images_hwc)} patches, {len(titles)} titles")
+    ncols = ncols or len(images_hwc)
+    nrows = math.ceil(len(images_hwc) / ncols)
+    fig = make_subplots(nrows, ncols, subplot_titles=list(titles), horizontal_spacing=0.01,
+                        vertical_spacing=0.12 / nrows)
+    for i, image in enumerate(images_hwc):
+        fig.add_trace(_image_trace(image, titles[i]), i // ncols + 1, i % ncols + 1)
+    fig.update_annotations(font_size=12)
+    fig.update_layout(height=height * nrows, margin=dict(l=0, r=0, t=40, b=0), showlegend=False)
     return _hide_axes(fig)
+
+
+def sdedit_strength_figure(noised_hwc: np.ndarray, edited_hwc: np.ndarray, strengths: Sequence[float],
+                           selected: float | None = None, height: int = 300) -> go.Figure:
+    """SDEdit over a row of strengths: the noised input (top) above what the model made of it (bottom), one column per
+    strength, the ``selected`` one's title marked. noised_hwc, edited_hwc: (S, H, W, 3) uint8."""
+    if not len(noised_hwc) == len(edited_hwc) == len(strengths) > 0:
+        raise ValueError(f"need one noised input and one result per strength: {len(noised_hwc)}, {len(edited_hwc)} "
+                         f"and {len(strengths)} strengths")
+    titles = [f"<b>▸ s = {s:g}</b>" if selected is not None and math.isclose(s, selected) else f"s = {s:g}"
+              for s in strengths]
+    _grid(np.asarray(noised_hwc), 1), _grid(np.asarray(edited_hwc), 1)  # check the dtype and layout
+    fig = make_subplots(2, len(strengths), subplot_titles=titles + [""] * len(strengths), horizontal_spacing=0.01,
+                        vertical_spacing=0.04, row_titles=["noised input", "result"])
+    for i in range(len(strengths)):
+        fig.add_trace(_image_trace(noised_hwc[i], f"noised s = {strengths[i]:g}"), 1, i + 1)
+        fig.add_trace(_image_trace(edited_hwc[i], f"result s = {strengths[i]:g}"), 2, i + 1)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(height=height, margin=dict(l=0, r=30, t=40, b=0), showlegend=False)
+    return _hide_axes(fig)
+
+
+def inpaint_figure(original_hwc: np.ndarray, mask: np.ndarray, fills_hwc: np.ndarray, height: int = 220) -> go.Figure:
+    """The real patch, what inpainting keeps of it (the hole in grey) and each fill. original_hwc: (H, W, 3) or
+    (1, H, W, 3) uint8; mask: (H, W) bool, True = filled; fills_hwc: (F, H, W, 3) uint8."""
+    original = np.asarray(original_hwc).reshape(np.asarray(original_hwc).shape[-3:])
+    images = np.concatenate([original[None], masked_image(original, mask)[None], np.asarray(fills_hwc)])
+    titles = ["original", "kept (grey: to fill)", *(f"fill {i + 1}" for i in range(len(fills_hwc)))]
+    return image_row_figure(images, titles, height)
+
+
+def morph_animation_figure(images_hwc: np.ndarray, weights: Sequence[float], tissue_a: str, tissue_b: str,
+                           frame_ms: int = 350, height: int = 420) -> go.Figure:
+    """The same noise drawn between two tissues: one Plotly frame per weight (0 = ``tissue_a``, 1 = ``tissue_b``),
+    with play / pause and a slider; opens on the first. images_hwc: (W, H, W, 3) uint8, one per weight."""
+    if len(images_hwc) != len(weights) or not len(weights):
+        raise ValueError(f"need one image per weight: {len(images_hwc)} images, {len(weights)} weights")
+    _grid(np.asarray(images_hwc), 1)
+
+    def label(w: float) -> str:
+        return f"{1 - w:.0%} {tissue_a} · {w:.0%} {tissue_b}"
+
+    names = [str(i) for i in range(len(weights))]
+    fig = go.Figure(_image_trace(images_hwc[0], label(weights[0])))
+    fig.frames = [go.Frame(data=[_image_trace(images_hwc[i], label(w))], traces=[0], name=names[i],
+                           layout=dict(title_text=label(w))) for i, w in enumerate(weights)]
+    fig.update_layout(title=dict(text=label(weights[0]), x=0.5, xanchor="center"), height=height,
+                      margin=dict(l=0, r=0, t=40, b=10), showlegend=False,
+                      **_play_controls(names, [f"w = {w:g}" for w in weights], frame_ms, 0, tick_labels=True))
+    fig.update_yaxes(scaleanchor="x")
+    return _hide_axes(fig)
+
+
+def tissue_panel_figure(images_hwc: np.ndarray, class_names: Sequence[str] | None = None, ncols: int | None = None,
+                        height: int = 220) -> go.Figure:
+    """One panel per tissue, titled with its name (``class_names`` default: PathMNIST's). images_hwc: (K, H, W, 3)."""
+    if class_names is None:
+        from .data import CLASS_NAMES
+
+        class_names = CLASS_NAMES
+    if len(images_hwc) != len(class_names):
+        raise ValueError(f"need one patch per tissue ({len(class_names)}), got {len(images_hwc)}")
+    return image_row_figure(images_hwc, [_short(name) for name in class_names], height, ncols)
+
+
+def _short(name: str, width: int = 16) -> str:
+    """A tissue's name broken over lines of about ``width`` characters, for narrow panel titles."""
+    lines, line = [], ""
+    for word in name.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "<br>".join([*lines, line])
 
 
 def smooth(values: Sequence[float], weight: float = 0.95) -> np.ndarray:

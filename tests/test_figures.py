@@ -294,3 +294,67 @@ def test_uploads_that_are_corrupt_incomplete_too_large_or_of_another_shape_are_r
     except CheckpointError as err:
         message = str(err)
     assert "/tmp" not in message and "ddpm-upload" not in message
+
+
+# ---- steering a tissue ------------------------------------------------------------------------------------------------
+def test_image_row_figure_is_one_titled_image_panel_per_patch_in_rows_of_ncols():
+    imgs = _images(5)
+    fig = figures.image_row_figure(imgs, list("abcde"), ncols=3)
+    assert [t.type for t in fig.data] == ["image"] * 5
+    assert [a.text for a in fig.layout.annotations] == list("abcde")
+    np.testing.assert_array_equal(_decode(fig.data[3].source), imgs[3])  # each patch as it is, no padding
+    assert fig.data[3].xaxis == "x4" and fig.layout.height == 2 * 220  # second row
+    with pytest.raises(ValueError, match="one title per patch"):
+        figures.image_row_figure(imgs, ["a"])
+
+
+def test_sdedit_strength_figure_puts_each_noised_input_above_its_result_and_marks_the_selected_strength():
+    noised, edited, strengths = _images(3), _images(3, seed=1), [0.0, 0.5, 1.0]
+    fig = figures.sdedit_strength_figure(noised, edited, strengths, selected=0.5)
+    assert [t.type for t in fig.data] == ["image"] * 6
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[:3] == ["s = 0", "<b>▸ s = 0.5</b>", "s = 1"] and {"noised input", "result"} <= set(titles)
+    np.testing.assert_array_equal(_decode(fig.data[2].source), noised[1])
+    np.testing.assert_array_equal(_decode(fig.data[3].source), edited[1])
+    with pytest.raises(ValueError, match="one noised input and one result per strength"):
+        figures.sdedit_strength_figure(noised, edited[:2], strengths)
+
+
+def test_inpaint_figure_shows_the_original_the_kept_pixels_with_the_hole_in_grey_and_each_fill():
+    original, fills = _images(1), _images(2, seed=3)
+    mask = np.zeros((28, 28), bool)
+    mask[7:21, 7:21] = True
+    fig = figures.inpaint_figure(original, mask, fills)
+    assert [a.text for a in fig.layout.annotations] == ["original", "kept (grey: to fill)", "fill 1", "fill 2"]
+    kept = _decode(fig.data[1].source)
+    assert (kept[mask] == figures.MASK_GREY).all()
+    np.testing.assert_array_equal(kept[~mask], original[0][~mask])
+    np.testing.assert_array_equal(_decode(fig.data[3].source), fills[1])
+    with pytest.raises(ValueError, match="must match the patch's height and width"):
+        figures.inpaint_figure(original, mask[:14], fills)
+
+
+def test_morph_animation_has_a_frame_per_weight_a_labelled_slider_and_opens_on_the_first_tissue():
+    imgs, weights = _images(5), [0.0, 0.25, 0.5, 0.75, 1.0]
+    fig = figures.morph_animation_figure(imgs, weights, "adipose", "mucus")
+    assert [t.type for t in fig.data] == ["image"] and len(fig.frames) == 5
+    np.testing.assert_array_equal(_decode(fig.data[0].source), imgs[0])
+    np.testing.assert_array_equal(_decode(fig.frames[3].data[0].source), imgs[3])
+    assert fig.layout.title.text == "100% adipose · 0% mucus" and fig.frames[1].layout.title.text == "75% adipose · 25% mucus"
+    assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["▶ Play", "❚❚ Pause"]
+    slider = fig.layout.sliders[0]
+    assert slider.active == 0 and [s.label for s in slider.steps] == ["w = 0", "w = 0.25", "w = 0.5", "w = 0.75", "w = 1"]
+    assert [list(s.args[0]) for s in slider.steps] == [[f.name] for f in fig.frames]
+    with pytest.raises(ValueError, match="one image per weight"):
+        figures.morph_animation_figure(imgs, weights[:2], "a", "b")
+
+
+def test_tissue_panel_figure_is_one_panel_per_tissue_titled_with_its_name():
+    imgs = _images(len(CLASS_NAMES))
+    fig = figures.tissue_panel_figure(imgs)
+    assert len(fig.data) == 9
+    titles = [a.text.replace("<br>", " ") for a in fig.layout.annotations]
+    assert titles == list(CLASS_NAMES)
+    assert max(len(line) for a in fig.layout.annotations for line in a.text.split("<br>")) <= 16 + 12  # one long word
+    with pytest.raises(ValueError, match="one patch per tissue"):
+        figures.tissue_panel_figure(imgs[:3])
