@@ -252,13 +252,15 @@ def image_row_figure(images_hwc: np.ndarray, titles: Sequence[str], height: int 
                         vertical_spacing=0.12 / nrows)
     for i, image in enumerate(images_hwc):
         fig.add_trace(_image_trace(image, titles[i]), i // ncols + 1, i % ncols + 1)
+    lines = max(str(t).count("<br>") + 1 for t in titles)  # titles broken over lines need room above the first row
     fig.update_annotations(font_size=12)
-    fig.update_layout(height=height * nrows, margin=dict(l=0, r=0, t=40, b=0), showlegend=False)
+    fig.update_layout(height=height * nrows + 16 * (lines - 1), margin=dict(l=0, r=0, t=24 + 16 * lines, b=0),
+                      showlegend=False)
     return _hide_axes(fig)
 
 
 def sdedit_strength_figure(noised_hwc: np.ndarray, edited_hwc: np.ndarray, strengths: Sequence[float],
-                           selected: float | None = None, height: int = 300) -> go.Figure:
+                           selected: float | None = None, height: int = 240) -> go.Figure:
     """SDEdit over a row of strengths: the noised input (top) above what the model made of it (bottom), one column per
     strength, the ``selected`` one's title marked. noised_hwc, edited_hwc: (S, H, W, 3) uint8."""
     if not len(noised_hwc) == len(edited_hwc) == len(strengths) > 0:
@@ -268,7 +270,7 @@ def sdedit_strength_figure(noised_hwc: np.ndarray, edited_hwc: np.ndarray, stren
               for s in strengths]
     _grid(np.asarray(noised_hwc), 1), _grid(np.asarray(edited_hwc), 1)  # check the dtype and layout
     fig = make_subplots(2, len(strengths), subplot_titles=titles + [""] * len(strengths), horizontal_spacing=0.01,
-                        vertical_spacing=0.04, row_titles=["noised input", "result"])
+                        vertical_spacing=0.03, row_titles=["noised input", "result"])
     for i in range(len(strengths)):
         fig.add_trace(_image_trace(noised_hwc[i], f"noised s = {strengths[i]:g}"), 1, i + 1)
         fig.add_trace(_image_trace(edited_hwc[i], f"result s = {strengths[i]:g}"), 2, i + 1)
@@ -301,15 +303,16 @@ def morph_animation_figure(images_hwc: np.ndarray, weights: Sequence[float], tis
     fig = go.Figure(_image_trace(images_hwc[0], label(weights[0])))
     fig.frames = [go.Frame(data=[_image_trace(images_hwc[i], label(w))], traces=[0], name=names[i],
                            layout=dict(title_text=label(w))) for i, w in enumerate(weights)]
+    controls = _play_controls(names, [f"{w:g}" for w in weights], frame_ms, 0, tick_labels=True)
+    controls["sliders"][0]["currentvalue"] = dict(visible=True, prefix=f"weight of {tissue_b}: ")
     fig.update_layout(title=dict(text=label(weights[0]), x=0.5, xanchor="center"), height=height,
-                      margin=dict(l=0, r=0, t=40, b=10), showlegend=False,
-                      **_play_controls(names, [f"w = {w:g}" for w in weights], frame_ms, 0, tick_labels=True))
+                      margin=dict(l=0, r=0, t=40, b=10), showlegend=False, **controls)
     fig.update_yaxes(scaleanchor="x")
     return _hide_axes(fig)
 
 
 def tissue_panel_figure(images_hwc: np.ndarray, class_names: Sequence[str] | None = None, ncols: int | None = None,
-                        height: int = 220) -> go.Figure:
+                        height: int = 130) -> go.Figure:
     """One panel per tissue, titled with its name (``class_names`` default: PathMNIST's). images_hwc: (K, H, W, 3)."""
     if class_names is None:
         from .data import CLASS_NAMES
