@@ -15,10 +15,12 @@ from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError
 from ddpm.model_card import EVALUATION_NAME, read_evaluation
 from ddpm.pipeline import Trajectory
 from ddpm.sampling_spec import SamplingSpec
+from ddpm.samplers import DEFAULT_SAMPLER
 from ddpm.serving.cost import RequestTooCostlyError, check_request_cost, deadline_s
 from ddpm.serving.queue import Position, RequestCancelled
 from ddpm.serving.result_cache import ResultCache
 from ddpm.serving.sampling_service import RequestFailed, SamplingService
+from ddpm.serving.edit_request import EditRequest, EditResult
 from ddpm.serving.sampling_worker import ModelPayload, SampleRequest
 from pages._models import ActiveModel
 from pages._pickers import Tissue
@@ -113,9 +115,11 @@ def from_workers(model: ActiveModel, request: SampleRequest, text: str, bar=None
     checkpoint = model.checkpoint
     payload = _payload(model.key, checkpoint)
     request = dataclasses.replace(request, model_key=payload.key)  # the workers know models by their weights' sha256
+    T = checkpoint.schedule.num_timesteps
+    passes = request.edit.network_calls(T, request.spec.steps) if request.edit else None
     try:
-        cost = check_request_cost(checkpoint.model_config, request.spec, request.n, checkpoint.schedule.num_timesteps,
-                                  limits(), kind=request.kind, conditional=model.conditional)
+        cost = check_request_cost(checkpoint.model_config, request.spec, request.n, T, limits(), kind=request.kind,
+                                  conditional=model.conditional, passes=passes)
     except RequestTooCostlyError as err:
         st.error(f"This server does not run that: {err}")
         st.stop()
@@ -167,3 +171,13 @@ def cached_samples(model: ActiveModel, n: int, seed: int, spec: SamplingSpec | N
                    SampleRequest("samples", model.key, spec, seed, n, key_classes), "Sampling…")
 
 
+def cached_edit(model: ActiveModel, edit: EditRequest, seed: int, tissue: Tissue) -> EditResult:
+    """An edit of the Steer tissue page (``ddpm.serving.edit_request``), computed once per (model, spec, seed, tissue,
+    edit) for the whole server with the model's recommended steps and the visitor's guidance; ``tissue.tissue`` is the
+    tissue asked for (the morph's first one)."""
+    spec = model.checkpoint.sampling.replace(sampler=DEFAULT_SAMPLER, eta=0.0).fitted(model.checkpoint.schedule.num_timesteps)
+    spec = spec.replace(guidance=tissue.guidance)
+    classes = None if edit.op == "same_noise" else tissue.tissue
+    n = edit.batch_size(model.checkpoint.model_config.num_classes)
+    return _cached(caches().edits, (model.key, spec, seed, classes, edit), model,
+                   SampleRequest("edit", model.key, spec, seed, n, classes, edit=edit), "Steering…")

@@ -26,13 +26,16 @@ class Tissue:
         return f"{what}, guidance {self.guidance:g}"
 
 
-def tissue_picker(model: ActiveModel, key: str, container=st) -> Tissue | None:
-    """A tissue choice and a guidance slider for a tissue-conditional model (None, and nothing drawn, otherwise)."""
+def tissue_picker(model: ActiveModel, key: str, container=st, allow_prior: bool = True, label: str = "Tissue",
+                  default: int = 0) -> Tissue | None:
+    """A tissue choice and a guidance slider for a tissue-conditional model (None, and nothing drawn, otherwise);
+    ``allow_prior=False`` offers only the tissues themselves (``default`` first chosen)."""
     if not model.conditional:
         return None
     recommended = model.checkpoint.sampling.guidance
     c1, c2 = container.columns(2)
-    tissue = c1.selectbox("Tissue", [PRIOR, *range(len(CLASS_NAMES))], key=f"{key}_tissue",
+    options = [PRIOR, *range(len(CLASS_NAMES))] if allow_prior else list(range(len(CLASS_NAMES)))
+    tissue = c1.selectbox(label, options, key=f"{key}_tissue", index=0 if allow_prior else default,
                           format_func=lambda o: "a mix, as in the training split" if o == PRIOR else CLASS_NAMES[o])
     guidance = c2.slider("Guidance scale", 0.0, MAX_GUIDANCE, recommended, step=0.5, key=f"{key}_guidance",
                          help=f"Classifier-free guidance: uncond + s·(cond − uncond). 0 ignores the tissue, 1 is the plain "

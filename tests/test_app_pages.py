@@ -98,7 +98,7 @@ def test_home_shows_generated_beside_real_the_model_and_links_to_every_page(monk
     assert grid["layout"]["annotations"][0]["text"] == "generated (seed 0)"  # the first view is seed 0, for everyone
     assert "sampled live" in texts(at, "caption")  # this tiny model has no preview beside it
     assert "local folder" in texts(at, "markdown") and "seed U-Net" in texts(at, "markdown")
-    assert len(at.get("page_link")) == 5
+    assert len(at.get("page_link")) == 6
     assert chart_keys(at) == ["home_grid"]  # the frame drawn before the model loaded was replaced, not kept
     at = clicked(at, "New samples")
     assert chart(at, "home_grid")["layout"]["annotations"][0]["text"] == "generated (seed 2)"
@@ -289,6 +289,12 @@ def test_any_failing_upload_is_one_message_on_the_page_never_a_traceback(model_d
         assert "Checkpoint loaded" not in texts(at, "success") and "uploaded_model" not in at.session_state
 
 
+# ---- Steer tissue (a conditional model's page: tests/test_app_steer.py) -----------------------------------------
+def test_steer_page_with_this_unconditional_model_explains_and_draws_nothing():
+    at = open_page("steer")
+    assert "it takes no tissue" in texts(at, "info") and not at.get("plotly_chart")
+
+
 # ---- Train --------------------------------------------------------------------------------------
 def _wait_for_job(job_id: str, timeout: float = 120) -> None:
     import pages._shared as shared
@@ -408,6 +414,6 @@ def test_about_page_is_a_model_card():
 
 def test_every_page_is_reachable_by_its_url_path():
     at = open_page()
-    for page in ("forward", "reverse", "train", "compare", "about", "home"):
+    for page in ("forward", "reverse", "steer", "train", "compare", "about", "home"):
         at.switch_page(f"pages/{page}.py").run()
         assert not at.exception and at.title[0].value
