@@ -18,8 +18,8 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
-from app_server import (CHROMIUM_ARGS, FIRST_LOAD_MS, JS_ERRORS, JS_IDLE, LOAD_MS, PAGES, REPO, VIEWPORT,  # noqa: E402
-                        AppServer, chart_selector, find_chromium, start_training_run)
+from app_server import (CHROMIUM_ARGS, FIRST_LOAD_MS, JS_ERRORS, JS_IDLE, LOAD_MS, PAGES, REPO,  # noqa: E402
+                        STEER_CHARTS, VIEWPORT, AppServer, chart_selector, find_chromium, start_training_run)
 
 TRAIN_RUN = {"preset": "seed", "steps": 60, "batch": 32, "sample_every": 20}
 
@@ -33,6 +33,7 @@ def save_small_png(png: bytes, path: Path) -> int:
 
 def open_page(page, base_url: str, name: str, timeout_ms: int) -> None:
     path, title, charts = PAGES[name]
+    charts = STEER_CHARTS if name == "steer" else charts  # the shipped default model is tissue-conditional
     page.goto(f"{base_url}/{path}")
     page.locator("h1", has_text=title).first.wait_for(timeout=timeout_ms)
     page.wait_for_function(JS_IDLE, timeout=timeout_ms)

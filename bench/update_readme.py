@@ -35,7 +35,7 @@ def encoder_table() -> str:
 
 
 def screenshots() -> str:
-    order = ["home", "forward", "reverse", "train", "compare", "about"]
+    order = ["home", "forward", "reverse", "steer", "train", "compare", "about"]
     shots = sorted((ROOT / "docs" / "screenshots").glob("*.png"), key=lambda p: (order + [p.stem]).index(p.stem))
     if not shots:
         return "_No screenshots yet: run `python bench/screenshots.py`._"

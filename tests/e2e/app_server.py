@@ -39,11 +39,14 @@ PAGES = {
     "home": ("", "PathMNIST Diffusion Studio", ["home_grid"]),
     "forward": ("forward", "Forward diffusion", ["fwd_grid", "fwd_hist", "fwd_curves"]),
     "reverse": ("reverse", "Reverse denoising", ["rev_animation", "rev_step"]),
+    "steer": ("steer", "Steer tissue", []),  # STEER_CHARTS with a tissue-conditional model; a message otherwise
     "train": ("train", "Train", []),  # the loss chart appears once a run starts
     "compare": ("compare", "Compare", ["cmp_pairs", "cmp_memo"]),
     "about": ("about", "About this model", []),
 }
-NAV_TITLES = ["Home", "Forward diffusion", "Reverse denoising", "Train", "Compare", "About / model card"]
+NAV_TITLES = ["Home", "Forward diffusion", "Reverse denoising", "Steer tissue", "Train", "Compare", "About / model card"]
+#: The charts the Steer tissue page draws with a tissue-conditional model (the tests' tiny model is unconditional)
+STEER_CHARTS = ["steer_sdedit", "steer_strengths", "steer_inpaint", "steer_morph", "steer_tissues"]
 
 
 def find_chromium() -> str | None:
@@ -60,8 +63,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_tiny_model(folder: Path) -> Path:
-    """The paper's small network with T = 20 (as in tests/test_app_pages.py): every page renders in about a second."""
+def write_tiny_model(folder: Path, num_classes: int | None = None) -> Path:
+    """The paper's small network with T = 20 (as in tests/test_app_pages.py): every page renders in about a second.
+    With ``num_classes`` it is tissue-conditional, its weights perturbed so that the tissues differ."""
     import torch
 
     from ddpm.checkpoints import make_config, save_checkpoint
@@ -69,8 +73,14 @@ def write_tiny_model(folder: Path) -> Path:
     from ddpm.unet import UNetConfig, build_unet
 
     torch.manual_seed(0)
-    cfg = UNetConfig(architecture="seed", channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=())
-    save_checkpoint(folder, build_unet(cfg), make_config(cfg, ScheduleConfig(num_timesteps=20), preset="seed"))
+    cfg = UNetConfig(architecture="seed", channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(),
+                     num_classes=num_classes)
+    model = build_unet(cfg)
+    if num_classes is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    save_checkpoint(folder, model, make_config(cfg, ScheduleConfig(num_timesteps=20), preset="seed"))
     return folder
 
 

@@ -15,7 +15,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 Page, expect = sync_api.Page, sync_api.expect
 
 from app_server import (JS_ERRORS, JS_IDLE, JS_IMAGE_CHART, JS_NAV, JS_POINTS, LOAD_MS,  # noqa: E402
-                        NAV_TITLES, PAGES, VIEWPORT, AppServer, chart_selector, key_selector, start_training_run)
+                        NAV_TITLES, PAGES, STEER_CHARTS, VIEWPORT, AppServer, chart_selector, key_selector,
+                        start_training_run, write_tiny_model)
 
 
 def open_page(page: Page, base_url: str, name: str) -> None:
@@ -54,6 +55,8 @@ def test_every_page_renders_its_title_and_charts_without_an_error(page, app_serv
         expect(page.get_by_text("No run yet")).to_be_visible()
     if name == "about":
         expect(page.locator("[data-testid=stTable]")).to_be_visible()
+    if name == "steer":  # the tests' model is unconditional: the page says so, and which model to pick
+        expect(page.get_by_text("it takes no tissue")).to_be_visible()
     page.screenshot(path=artifacts / f"{name}.png")
     assert_no_errors(page)
 
@@ -128,5 +131,40 @@ def test_the_first_visitor_of_a_fresh_server_on_a_deep_link_gets_the_app_navigat
             page.wait_for_function(JS_IDLE, timeout=LOAD_MS)
             page.screenshot(path=artifacts / "forward-first-visitor.png")
             assert page.evaluate(JS_NAV) == NAV_TITLES
+        finally:
+            context.close()
+
+
+def test_steer_page_with_a_conditional_model_scrubs_its_strengths_and_animates_the_morph(chromium, app_env, artifacts,
+                                                                                          tmp_path):
+    env = {**app_env, "DDPM_MODEL": str(write_tiny_model(tmp_path / "conditional", num_classes=9))}
+    with AppServer(env, log_path=artifacts / "server-steer.log") as server:
+        context = chromium.new_context(viewport=VIEWPORT)
+        try:
+            page = context.new_page()
+            page.page_errors = []  # as the page fixture does
+            page.on("pageerror", lambda err: page.page_errors.append(str(err)))
+            page.goto(f"{server.url}/steer")
+            expect(page.locator("h1").first).to_have_text("Steer tissue", timeout=LOAD_MS)
+            for key in STEER_CHARTS:
+                page.wait_for_selector(chart_selector(key), state="visible", timeout=LOAD_MS)
+            page.wait_for_function(JS_IDLE, timeout=LOAD_MS)
+            before = image_chart(page, "steer_sdedit")
+            assert before["annotations"][1].startswith("noised to s = 0.8")
+
+            slider = keyed(page, "steer_strength", "input[type=range]")
+            slider.focus()
+            slider.press("End")  # s = 1: the patch forgotten
+            page.wait_for_function(f"() => {{ const c = ({JS_IMAGE_CHART})('steer_sdedit'); "
+                                   "return !!c && c.annotations[1].startsWith('noised to s = 1 ') }")
+            page.wait_for_function(JS_IDLE)
+            after = image_chart(page, "steer_sdedit")
+            assert after["sources"][0] == before["sources"][0]  # the same real patch
+            assert after["sources"][1:] != before["sources"][1:]
+            frames = page.evaluate(f"() => document.querySelector('{key_selector('steer_morph')} .js-plotly-plot')"
+                                   "._transitionData._frames.length")  # Plotly.js keeps a figure's frames there
+            assert frames == 9
+            page.screenshot(path=artifacts / "steer-conditional.png", full_page=True)
+            assert_no_errors(page)
         finally:
             context.close()
