@@ -303,7 +303,7 @@ def test_image_row_figure_is_one_titled_image_panel_per_patch_in_rows_of_ncols()
     assert [t.type for t in fig.data] == ["image"] * 5
     assert [a.text for a in fig.layout.annotations] == list("abcde")
     np.testing.assert_array_equal(_decode(fig.data[3].source), imgs[3])  # each patch as it is, no padding
-    assert fig.data[3].xaxis == "x4" and fig.layout.height == 2 * 220  # second row
+    assert fig.data[3].xaxis == "x4" and fig.layout.height == 2 * 220  # second row, titles of one line
     with pytest.raises(ValueError, match="one title per patch"):
         figures.image_row_figure(imgs, ["a"])
 
@@ -343,7 +343,8 @@ def test_morph_animation_has_a_frame_per_weight_a_labelled_slider_and_opens_on_t
     assert fig.layout.title.text == "100% adipose · 0% mucus" and fig.frames[1].layout.title.text == "75% adipose · 25% mucus"
     assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["▶ Play", "❚❚ Pause"]
     slider = fig.layout.sliders[0]
-    assert slider.active == 0 and [s.label for s in slider.steps] == ["w = 0", "w = 0.25", "w = 0.5", "w = 0.75", "w = 1"]
+    assert slider.active == 0 and [s.label for s in slider.steps] == ["0", "0.25", "0.5", "0.75", "1"]
+    assert slider.currentvalue.prefix == "weight of mucus: "
     assert [list(s.args[0]) for s in slider.steps] == [[f.name] for f in fig.frames]
     with pytest.raises(ValueError, match="one image per weight"):
         figures.morph_animation_figure(imgs, weights[:2], "a", "b")
