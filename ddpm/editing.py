@@ -18,7 +18,8 @@ from torch import nn
 
 from .device import Precision
 from .pipeline import Classes, _autocast, _model_device, resolve_classes
-from .samplers import DEFAULT_SAMPLER, Sampler, check_finite, get_sampler, guided_model, sample_progressive
+from .samplers import (DEFAULT_SAMPLER, ModelFn, Sampler, check_finite, get_sampler, guided_model,
+                       sample_progressive)
 from .schedules import NoiseSchedule, q_sample, q_sample_from
 
 Callback = Callable[[int, int], None]
@@ -72,7 +73,7 @@ def _run(model: nn.Module, schedule: NoiseSchedule, x: torch.Tensor, labels: tor
     return step.prev_sample.float().cpu()
 
 
-def guided_model_for(model: nn.Module, labels: torch.Tensor, guidance: float, precision: Precision = "auto"):
+def guided_model_for(model: nn.Module, labels: torch.Tensor, guidance: float, precision: Precision = "auto") -> ModelFn:
     """``samplers.guided_model`` of the network under ``precision``'s autocast: the ModelFn every edit samples with."""
     return guided_model(_autocast(model, precision, _model_device(model)), labels, guidance, model.config.num_classes)
 

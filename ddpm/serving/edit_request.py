@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ..editing import MASKS, inpaint_calls, sdedit_timesteps
+from ..samplers import DEFAULT_SAMPLER, get_sampler
 
 EDITS = ("sdedit", "inpaint", "morph", "same_noise")
 #: The strengths the page computes in one request, so its slider scrubs without recomputing: 0, 0.1, …, 1
@@ -81,8 +82,6 @@ class EditRequest:
             return sum(len(sdedit_timesteps(num_timesteps, s, num_steps)) for s in self.strengths)
         if self.op == "inpaint":
             return inpaint_calls(num_timesteps, num_steps)
-        from ..samplers import DEFAULT_SAMPLER, get_sampler
-
         return len(get_sampler(DEFAULT_SAMPLER).timesteps(num_timesteps, num_steps))
 
 
