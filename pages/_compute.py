@@ -14,7 +14,7 @@ import streamlit as st
 from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError
 from ddpm.model_card import EVALUATION_NAME, read_evaluation
 from ddpm.pipeline import Trajectory
-from ddpm.sampling_spec import SamplingSpec
+from ddpm.sampling_spec import EVERY_STEP, SamplingSpec
 from ddpm.serving.cost import RequestTooCostlyError, check_request_cost, deadline_s
 from ddpm.serving.queue import Position, RequestCancelled
 from ddpm.serving.result_cache import ResultCache
@@ -63,7 +63,7 @@ def _request(model: ActiveModel, spec: SamplingSpec | None, tissue: Tissue | Non
     spec = (spec or model.checkpoint.sampling).fitted(model.checkpoint.schedule.num_timesteps)
     if tissue is None:
         return spec.replace(guidance=1.0), None
-    return spec.replace(guidance=tissue.guidance), tissue.tissue
+    return spec.replace(guidance=tissue.guidance, guidance_interval=tissue.interval or EVERY_STEP), tissue.tissue
 
 
 # ---- evaluation reports (the one place that knows the evaluation package's API) ---------------

@@ -27,7 +27,7 @@ generated = cached_samples(model, 16, seed=0, tissue=tissue)
 st.subheader("Generated beside real")
 if tissue is not None and tissue.tissue == PRIOR:
     asked = [c for c in range(len(CLASS_NAMES)) for _ in range(PER_TISSUE)]
-    by_tissue = cached_samples(model, len(asked), seed=0, tissue=Tissue(asked, tissue.guidance))
+    by_tissue = cached_samples(model, len(asked), seed=0, tissue=Tissue(asked, tissue.guidance, tissue.interval))
     show(tissue_rows_figure(by_tissue, to_hwc_numpy(patches_like(real, asked, seed=0)), CLASS_NAMES, PER_TISSUE,
                             f"generated, asked for each tissue (guidance {tissue.guidance:g})", "real, the same tissue"),
          key="cmp_tissues")

@@ -224,6 +224,8 @@ def sample_and_evaluate(model: torch.nn.Module, schedule, n: int, spec=None, *, 
                              callback=lambda f, message: tell(0.5 + 0.5 * f, f"evaluating: {message}"))
     report["sampling"] = {"sampler": spec.sampler, "steps": spec.num_model_calls(schedule.num_timesteps), "seed": seed,
                           "guidance": spec.guidance if requested is not None else None,
+                          **({"guidance_interval": list(spec.guidance_interval)}
+                             if spec.guidance_interval and requested is not None else {}),
                           **({"eta": spec.eta} if spec.eta else {}),
                           "seconds": round(seconds, 1), "seconds_per_1000": round(seconds * 1000 / n, 1),
                           "device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),
