@@ -327,7 +327,7 @@ def main() -> None:
     for row in [] if args.render else selected:
         images, per_1000, source, threads, labels = samples_for(row, args.n, args.seed, args.fresh)
         report = evaluate_images(images, data, encoder, seed=args.seed, with_floor="floor" not in table, progress=True,
-                                 requested=labels)
+                                 requested=labels, with_memorization=row.n != COARSE_N)  # coarse rows: no copy search
         if "floor" in report:
             table.update(floor=report["floor"], centre_shift=report.get("centre_shift"), protocol=report["protocol"],
                          floor_protocol=report["floor_protocol"])

@@ -66,8 +66,9 @@ def quality_targets() -> str:
              f"- Class histogram within 0.1 TV of the training prior: {main['class_tv']:.3g}: {verdict(main['class_tv'] <= 0.1)}.",
              f"- Conditional accuracy ≥ 0.8: {main['conditional_accuracy']:.3g}: {verdict(main['conditional_accuracy'] >= 0.8)}."]
     default_rows = {n: r for n, r in rows.items() if n.startswith("default ")}
-    worst_copy = max(r["memorization_share"] for r in default_rows.values())
-    lines.append(f"- No sample a near-copy of a training patch: largest copy share over the default's {len(default_rows)} rows "
+    checked = [r["memorization_share"] for r in default_rows.values() if "memorization_share" in r]
+    worst_copy = max(checked)
+    lines.append(f"- No sample a near-copy of a training patch: largest copy share over the default's {len(checked)} rows "
                  f"{worst_copy:.3g} (floor {floor['memorization_share']:.3g}): {verdict(worst_copy == 0)}.")
     same_n = {n: r for n, r in default_rows.items() if r["n"] == main["n"]}
     best_name = min(same_n, key=lambda n: same_n[n]["fd"])

@@ -165,7 +165,7 @@ def test_the_band_sweep_scores_a_coarse_grid_then_its_finalists_then_chooses_the
     table["rows"][finalists[1].name] = {"fd": 3.1}
     assert quality.chosen_setting(table) == (2.5, (20, 160))
     assert quality.chosen_row(table).spec.guidance_interval == (20, 160)
-    steps = [r for r in quality.rows_for(table) if r.band == (20, 160) and r.n == quality.COARSE_N]
+    steps = [r for r in quality.rows_for(table) if (r.guidance, r.band, r.n) == (2.5, (20, 160), quality.COARSE_N)]
     assert sorted(r.steps for r in steps) == [20, 30, 50]
     table["rows"].update({r.name: {"fd": 4.1} for r in finalists})  # worse than every-step guidance: no band
     assert quality.chosen_setting(table) == (1.5, None) and quality.chosen_row(table) == quality.sweep_row(1.5)
