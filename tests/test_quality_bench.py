@@ -149,14 +149,16 @@ def test_the_chosen_guidance_waits_for_the_whole_sweep_then_takes_the_lowest_fd(
     assert after and {r.guidance for r in after} == {2.0}  # after: the later rows use it, and so does the band sweep's reference
 
 
-def test_the_band_sweep_scores_a_coarse_grid_then_its_finalists_then_chooses_the_lowest_fd_at_the_tables_n(quality):
+def test_the_band_sweep_scores_a_coarse_grid_then_its_finalists_then_chooses_the_lowest_fd_at_the_tables_n(quality,
+                                                                                                    monkeypatch):
     table = {"rows": {quality.sweep_row(g).name: {"fd": 5.0 - (g == 1.5)} for g in quality.GUIDANCE_SWEEP}}
     coarse = quality.coarse_rows(1.5)
     assert coarse[0].band is None and coarse[0].guidance == 1.5 and all(r.n == quality.COARSE_N for r in coarse)
     assert [(r.guidance, r.band) for r in coarse[1:]] == list(quality.BAND_SWEEP)
     assert set(coarse) <= set(quality.rows_for(table))
     assert quality.finalist_rows(table) == [] and quality.chosen_row(table) == quality.sweep_row(1.5)
-    fds = dict(zip(coarse[1:], [3.5, 3.9, 3.0, 3.2, 4.5, 3.8]))  # (2.5, 30-130) then (2.5, 20-160) are the best two
+    monkeypatch.setattr(quality, "FINALISTS", 2)
+    fds = dict(zip(coarse[1:], [3.5, 3.9, 3.0, 3.2]))  # (2.5, 30-130) then (2.5, 20-160) are the best two
     table["rows"].update({r.name: {"fd": fd} for r, fd in fds.items()})
     finalists = quality.finalist_rows(table)
     assert [(r.guidance, r.band, r.n) for r in finalists] == [(2.5, (30, 130), None), (2.5, (20, 160), None)]
