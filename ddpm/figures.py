@@ -368,9 +368,15 @@ def quiz_round_figure(left_hwc: np.ndarray, right_hwc: np.ndarray, scale: int = 
     h, w = pair.shape[:2]
     fig = go.Figure(go.Image(source=png_data_uri(pair), hoverinfo="skip"))
     for x, text in ((w / 4 - QUIZ_GAP / 4, "Left"), (3 * w / 4 + QUIZ_GAP / 4, "Right")):
-        fig.add_annotation(x=x, y=h, yref="y", text=text, showarrow=False, yanchor="top", font=dict(size=15))
-    fig.update_layout(width=w, height=h + 40, margin=dict(l=0, r=0, t=0, b=40), dragmode=False)
+        fig.add_annotation(x=x, y=0, yref="paper", text=text, showarrow=False, yanchor="top", font=dict(size=15))
+    fig.update_layout(width=w, height=h + 30, margin=dict(l=0, r=0, t=0, b=30), dragmode=False)
+    fig.update_xaxes(range=[-0.5, w - 0.5])  # pixel edges: the image fills the plot at exactly ``scale`` screen pixels
+    fig.update_yaxes(range=[h - 0.5, -0.5])
     return _hide_axes(fig)
+
+
+def _answers(n: int) -> str:
+    return f"{n:,} answer{'s' * (n != 1)}"
 
 
 def quiz_score_figure(everyone: ScoreTable, class_names: Sequence[str], you: ScoreTable | None = None) -> go.Figure:
@@ -390,7 +396,7 @@ def quiz_score_figure(everyone: ScoreTable, class_names: Sequence[str], you: Sco
         fig.add_trace(go.Scatter(
             x=share, y=[i + offset for i in range(len(rows))], mode="markers", marker=dict(color=color, size=9),
             error_x=dict(type="data", symmetric=False, array=high, arrayminus=low, color=color, thickness=1.5),
-            name=f"{label} ({table.overall.answers:,} answers)", text=text, hovertemplate="%{text}<extra></extra>"))
+            name=f"{label} ({_answers(table.overall.answers)})", text=text, hovertemplate="%{text}<extra></extra>"))
     fig.add_vline(x=0.5, line=dict(color="black", dash="dash"), annotation_text="chance (50%)",
                   annotation_position="bottom right")
     fig.update_layout(height=120 + 28 * len(rows), margin=dict(l=10, r=10, t=40, b=10),

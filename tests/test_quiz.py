@@ -542,3 +542,145 @@ def test_the_score_figure_shows_everyone_and_you_with_wilson_bars_and_the_chance
     assert "chance (50%)" in [a["text"] for a in fig["layout"]["annotations"]]
     assert len(quiz_score_figure(everyone, NAMES).to_plotly_json()["data"]) == 1
 
+
+# ---- the page ------------------------------------------------------------------------------------------------------------
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@pytest.fixture
+def quiz_page(tmp_path, monkeypatch, conditional_checkpoint):
+    """Opens the quiz page as a new visitor of an offline server on a tiny tissue-conditional model, the bundled
+    subset, and a database in the test's folder."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    for name, value in {"HF_HUB_OFFLINE": "1", "DDPM_MODEL": str(conditional_checkpoint.path), "DDPM_HOSTED": "0",
+                        "DDPM_DATA_DIR": str(tmp_path / "no-data"), "DDPM_QUIZ_DB": str(tmp_path / "quiz.sqlite3")}.items():
+        monkeypatch.setenv(name, value)
+    st.cache_resource.clear()
+
+    def open_page() -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.switch_page("pages/quiz.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    yield open_page
+    import pages._shared as shared
+
+    shared.job_registry().shutdown()
+    st.cache_resource.clear()  # also closes the pool (its on_release)
+
+
+def server_quiz() -> Quiz:
+    import pages._shared as shared
+
+    return shared._quiz()
+
+
+def click(at, label: str):
+    next(b for b in at.button if b.label == label).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def chart_spec(at, key: str) -> dict:
+    found = [c for c in at.get("plotly_chart") if c.key == key]
+    assert found, f"no chart {key!r}"
+    return json.loads(found[0].proto.spec)
+
+
+def page_tree(at) -> list:
+    """Every block and element of the page, in order, as (position, kind, its message as a dict)."""
+    from google.protobuf.json_format import MessageToDict
+
+    out = []
+
+    def walk(node, path):
+        proto = getattr(node, "proto", None)
+        out.append((path, type(node).__name__, MessageToDict(proto) if proto is not None else None))
+        for key, child in getattr(node, "children", {}).items():
+            walk(child, (*path, key))
+
+    walk(at._tree, ())
+    return out
+
+
+def test_the_page_shows_one_image_and_two_buttons_and_a_left_click_is_stored_and_scored(quiz_page):
+    at = quiz_page()
+    assert at.title[0].value == "Real or generated?"
+    [image] = chart_spec(at, "quiz_round")["data"]
+    assert image["type"] == "image" and image["source"].startswith("data:image/png;base64,")
+    assert [b.label for b in at.button] == ["Left", "Right"]
+    tissue = at.session_state["quiz"].view.tissue
+    assert at.markdown[1].value == f"**Which {NAMES[tissue]} patch is generated?**"
+    assert f"Both patches are {NAMES[tissue]}, 28×28 pixels shown 8× larger. The real one is from the bundled subset" \
+           in at.caption[0].value and "made by the app's model (dpmpp, 5 steps, guidance 2.5)" in at.caption[0].value
+    db = server_quiz().db
+    assert db.count() == 0
+
+    at = click(at, "Left")
+    [row] = db.rows_after(0)
+    assert row["answer"] == "left" and row["correct"] == (row["generated_side"] == "left") and row["real_source"] == "subset"
+    said = (at.success or at.info)[0].value
+    assert said.startswith("Right: " if row["correct"] else "Not this time: ")
+    assert f"the generated patch is on the {row['generated_side']}" in said
+    scores_text = next(m.value for m in at.markdown if m.value.startswith("**You**"))
+    assert f"**You**: {row['correct']} of 1 right" in scores_text and "**All visitors so far**: " in scores_text
+    scores = chart_spec(at, "quiz_scores")
+    assert [t["name"] for t in scores["data"]] == ["all visitors (1 answer)", "you (1 answer)"]
+    assert [b.label for b in at.button] == ["Next round"]
+
+    at = click(at, "Next round")
+    assert [b.label for b in at.button] == ["Left", "Right"] and db.count() == 1
+    at = click(at, "Right") if not at.warning else at
+    assert at.session_state["quiz"].view is not None
+
+
+def test_an_answer_too_soon_after_the_last_is_not_counted_and_the_page_says_so(quiz_page):
+    at = click(quiz_page(), "Left")
+    server_quiz().limiter.min_interval_s = 3600.0  # "too soon" without a timed test
+    at = click(click(at, "Next round"), "Right")
+    assert "Not counted: one answer every 3600 s" in at.warning[0].value
+    assert [b.label for b in at.button] == ["Left", "Right"] and server_quiz().db.count() == 1
+
+
+def test_nothing_on_the_page_but_the_pixels_tells_which_side_is_generated(quiz_page, monkeypatch):
+    """Two visitors get the same generated and real patch, the generated one on the left for the first and on the
+    right for the second. With the real patch's pixels made equal to the generated one's, the two pages are the same
+    message for message; with the true real patch, only the image (and Streamlit's id of the chart, a hash of it)
+    differs."""
+    monkeypatch.setattr("random.SystemRandom", lambda: Always(0))  # the pool, the real patch: the same for everyone
+    original = Quiz.new_round
+
+    def pages_for_both_sides() -> tuple[list, list]:
+        trees = []
+        for side in SIDES:
+            server_quiz()._rng = Always(side)  # the server's quiz, made before the visitor's first round
+            at = quiz_page()
+            assert [b.label for b in at.button] == ["Left", "Right"]
+            trees.append(page_tree(at))
+        return trees
+
+    monkeypatch.setattr(Quiz, "new_round", lambda self, v, t, generated, real, *rest:
+                        original(self, v, t, generated, generated.copy(), *rest))
+    left, right = pages_for_both_sides()
+    assert left == right
+
+    monkeypatch.setattr(Quiz, "new_round", original)
+    left, right = pages_for_both_sides()
+    differ = [(a[0], a[1]) for a, b in zip(left, right) if a != b]
+    assert len(left) == len(right) and len(differ) == 1  # the chart, nothing else
+    a, b = (next(node[2] for node in tree if (node[0], node[1]) == differ[0]) for tree in (left, right))
+    spec_a, spec_b = json.loads(a.pop("spec")), json.loads(b.pop("spec"))
+    assert spec_a["data"][0].pop("source") != spec_b["data"][0].pop("source") and spec_a == spec_b
+    assert a.pop("id").endswith("-quiz_round") and b.pop("id").endswith("-quiz_round") and a == b
+
+
+def test_compare_shows_everyones_score_for_the_weights_in_use_and_how_many_answers_it_rests_on(quiz_page):
+    at = click(quiz_page(), "Right")
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    people = chart_spec(at, "cmp_people")
+    assert [t["name"] for t in people["data"]] == ["all visitors (1 answer)"]
+    assert "People, in Real or generated?: 1 answer about these weights" in "\n".join(c.value for c in at.caption)
