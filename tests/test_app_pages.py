@@ -44,7 +44,6 @@ def offline_app(model_dir, tmp_path_factory):
         mp.setenv("DDPM_MODEL", str(model_dir))
         mp.setenv("DDPM_DATA_DIR", str(tmp_path_factory.mktemp("no-data")))
         mp.setenv("DDPM_HOSTED", "0")
-        mp.setenv("DDPM_QUIZ_DB", str(tmp_path_factory.mktemp("quiz") / "quiz.sqlite3"))
         st.cache_resource.clear()
         yield
         import pages._shared as shared

@@ -260,6 +260,19 @@ def test_answering_too_fast_is_refused_and_the_round_stays_open(tmp_path):
     assert quiz.db.count() == 2
 
 
+def test_the_whole_server_stores_a_bounded_number_of_answers_an_hour_whoever_sends_them(tmp_path):
+    clock = Clock()
+    quiz = Quiz(QuizDB(tmp_path / "quiz.sqlite3"), clock=clock, server_per_hour=3)
+    for visitor in ("a", "b", "c"):
+        quiz.answer(visitor, quiz.new_round(visitor, 0, patch(1), patch(2), "w", "s", "val").token, "left")
+    view = quiz.new_round("d", 0, patch(1), patch(2), "w", "s", "val")
+    with pytest.raises(RateLimited, match="this server is taking no more answers for now .at most 3 answers an hour"):
+        quiz.answer("d", view.token, "left")
+    clock.now += 3600
+    view = quiz.new_round("d", 0, patch(1), patch(2), "w", "s", "val")
+    assert quiz.answer("d", view.token, "left") and quiz.db.count() == 4
+
+
 def test_a_visitor_has_one_open_round_and_old_rounds_are_forgotten(tmp_path):
     clock = Clock()
     quiz = Quiz(QuizDB(tmp_path / "quiz.sqlite3"), clock=clock)

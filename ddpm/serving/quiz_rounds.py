@@ -6,8 +6,10 @@ the tissue and the two images in place); the side stays in the ``Quiz`` until ``
 for the visitor who drew it, and the answer goes into the database (``ddpm.quiz``).
 
 Bounds, for anonymous visitors on a shared server: a visitor answers at most once every ``ANSWER_EVERY_S`` and
-``ANSWERS_PER_HOUR`` times an hour (``RateLimiter``); a visitor has one open round at a time (a new one replaces
-it), a round not answered within ``ROUND_TTL_S`` is forgotten, and at most ``MAX_OPEN_ROUNDS`` are kept.
+``ANSWERS_PER_HOUR`` times an hour, and the whole server stores at most ``SERVER_ANSWERS_PER_HOUR`` an hour (a
+visitor is a browser session, so a script opening sessions could otherwise fill the disk) (``RateLimiter``); a
+visitor has one open round at a time (a new one replaces it), a round not answered within ``ROUND_TTL_S`` is
+forgotten, and at most ``MAX_OPEN_ROUNDS`` are kept.
 """
 from __future__ import annotations
 
@@ -27,9 +29,11 @@ from .quiz_pool import QuizPool
 
 ANSWER_EVERY_S = 1.5  # the least time between two answers of one visitor
 ANSWERS_PER_HOUR = 300
+SERVER_ANSWERS_PER_HOUR = 20_000  # about 2 MB of database an hour
 ROUND_TTL_S = 3600.0
 MAX_OPEN_ROUNDS = 10_000
 MAX_VISITORS_TRACKED = 10_000  # the rate limiter forgets the visitors it heard from longest ago
+_SERVER = object()  # the server limiter's one key
 
 
 class RateLimited(ValueError):
@@ -116,8 +120,10 @@ class Quiz:
     """The server's quiz: open rounds with their answer keys, the answer rate limits, the answers database."""
 
     def __init__(self, db: QuizDB, limiter: RateLimiter | None = None, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic, hub: Any = None, hub_note: str | None = None):
+                 clock: Callable[[], float] = time.monotonic, hub: Any = None, hub_note: str | None = None,
+                 server_per_hour: int = SERVER_ANSWERS_PER_HOUR):
         self.db, self.limiter = db, limiter or RateLimiter(clock=clock)
+        self.server_limiter = RateLimiter(0.0, server_per_hour, clock=clock)  # every visitor's answers together
         self.hub, self.hub_note = hub, hub_note  # the Hub copy's CommitScheduler (or None), and a sentence about it
         self._rng, self._clock = rng or random.SystemRandom(), clock
         self._open: OrderedDict[str, _OpenRound] = OrderedDict()  # token -> round, oldest first
@@ -157,7 +163,12 @@ class Quiz:
             if round_ is None or round_.visitor != visitor:
                 raise RoundClosed("this round is over (answered, or left open too long); press Next round")
             self.limiter.check(visitor)
+            try:
+                self.server_limiter.check(_SERVER)
+            except RateLimited as err:
+                raise RateLimited(f"this server is taking no more answers for now ({err})") from None
             self.limiter.note(visitor)
+            self.server_limiter.note(_SERVER)
             del self._open[token]
             self._of_visitor.pop(visitor, None)
         seconds = round(self._clock() - round_.shown_at, 2)
