@@ -8,6 +8,7 @@ PAGES = [
     st.Page("pages/forward.py", title="Forward diffusion", icon=":material/blur_on:", url_path="forward"),
     st.Page("pages/reverse.py", title="Reverse denoising", icon=":material/auto_fix_high:", url_path="reverse"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
+    st.Page("pages/quiz.py", title="Real or generated?", icon=":material/quiz:", url_path="quiz"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page("pages/about.py", title="About / model card", icon=":material/info:", url_path="about"),
 ]

@@ -2,8 +2,9 @@
 
     python bench/update_readme.py
 
-Each marker names a file: ``<!-- train_speed -->`` takes bench/results/train_speed.md, ``<!-- encoder -->``
-is built from checkpoints/encoder/config.json.  A result file that does not exist yet leaves a line
+Each marker names a file: ``<!-- train_speed -->`` takes bench/results/train_speed.md (``<!-- quiz -->`` takes
+bench/results/quiz.md, written by ``python -m ddpm quiz-report``), ``<!-- encoder -->`` is built from
+checkpoints/encoder/config.json.  A result file that does not exist yet leaves a line
 saying which script writes it, so the README never shows a number no script produced.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ WRITERS = {"train_speed": "bench/train_speed.py", "quality": "bench/quality.py",
            "startup_time": "bench/startup_time.py", "gpu_speed": "bench/gpu_speed.py",
            "screenshots": "bench/screenshots.py", "guided_speed": "bench/guided_speed.py",
            "crowd_check": "bench/crowd_check.py", "batching_check": "bench/batching_check.py",
-           "request_cost": "bench/request_cost.py"}
+           "request_cost": "bench/request_cost.py",
+           "quiz": "-m ddpm quiz-report --db <the server's quiz.sqlite3> > bench/results/quiz.md"}
 
 
 def encoder_table() -> str:
@@ -35,7 +37,7 @@ def encoder_table() -> str:
 
 
 def screenshots() -> str:
-    order = ["home", "forward", "reverse", "train", "compare", "about"]
+    order = ["home", "forward", "reverse", "train", "quiz", "compare", "about"]
     shots = sorted((ROOT / "docs" / "screenshots").glob("*.png"), key=lambda p: (order + [p.stem]).index(p.stem))
     if not shots:
         return "_No screenshots yet: run `python bench/screenshots.py`._"

@@ -17,6 +17,7 @@ from ddpm.pipeline import Trajectory
 from ddpm.sampling_spec import EVERY_STEP, SamplingSpec
 from ddpm.serving.cost import RequestTooCostlyError, check_request_cost, deadline_s
 from ddpm.serving.queue import Position, RequestCancelled
+from ddpm.serving.quiz_pool import QuizPool, service_generator
 from ddpm.serving.result_cache import ResultCache
 from ddpm.serving.sampling_service import RequestFailed, SamplingService
 from ddpm.serving.sampling_worker import ModelPayload, SampleRequest
@@ -44,6 +45,18 @@ def sampling_service() -> SamplingService:
 def _payload(model_key: str, _checkpoint: Checkpoint) -> ModelPayload:
     """The model as the workers receive it (config + weights bytes), made once per model."""
     return ModelPayload.from_checkpoint(_checkpoint)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2, on_release=QuizPool.close)
+def _quiz_pool(model_key: str, _checkpoint: Checkpoint) -> QuizPool:
+    return QuizPool(service_generator(sampling_service(), _payload(model_key, _checkpoint), _checkpoint, limits()),
+                    _checkpoint.model_config.num_classes)
+
+
+def quiz_pool(model: ActiveModel) -> QuizPool:
+    """The quiz's generated patches for a tissue-conditional model, made ahead of time by the sampling workers and
+    refilled in the background (ddpm.serving.quiz_pool): one pool per model for the whole server."""
+    return _quiz_pool(model.key, model.checkpoint)
 
 
 @st.cache_resource(show_spinner="Loading the tissue encoder…")

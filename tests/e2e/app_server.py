@@ -40,10 +40,12 @@ PAGES = {
     "forward": ("forward", "Forward diffusion", ["fwd_grid", "fwd_hist", "fwd_curves"]),
     "reverse": ("reverse", "Reverse denoising", ["rev_animation", "rev_step"]),
     "train": ("train", "Train", []),  # the loss chart appears once a run starts
+    "quiz": ("quiz", "Real or generated?", []),  # its round appears once the first generated patches are made
     "compare": ("compare", "Compare", ["cmp_pairs", "cmp_memo"]),
     "about": ("about", "About this model", []),
 }
-NAV_TITLES = ["Home", "Forward diffusion", "Reverse denoising", "Train", "Compare", "About / model card"]
+NAV_TITLES = ["Home", "Forward diffusion", "Reverse denoising", "Train", "Real or generated?", "Compare",
+              "About / model card"]
 
 
 def find_chromium() -> str | None:
@@ -60,8 +62,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_tiny_model(folder: Path) -> Path:
-    """The paper's small network with T = 20 (as in tests/test_app_pages.py): every page renders in about a second."""
+def write_tiny_model(folder: Path, num_classes: int | None = None) -> Path:
+    """The paper's small network with T = 20 (as in tests/test_app_pages.py): every page renders in about a second.
+    With ``num_classes``, a tissue-conditional one (5 DPM-Solver++ steps recommended)."""
     import torch
 
     from ddpm.checkpoints import make_config, save_checkpoint
@@ -69,8 +72,10 @@ def write_tiny_model(folder: Path) -> Path:
     from ddpm.unet import UNetConfig, build_unet
 
     torch.manual_seed(0)
-    cfg = UNetConfig(architecture="seed", channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=())
-    save_checkpoint(folder, build_unet(cfg), make_config(cfg, ScheduleConfig(num_timesteps=20), preset="seed"))
+    cfg = UNetConfig(architecture="seed", channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(),
+                     num_classes=num_classes)
+    extra = {"sampling": {"sampler": "dpmpp", "steps": 5, "guidance": 2.0}} if num_classes else {}
+    save_checkpoint(folder, build_unet(cfg), make_config(cfg, ScheduleConfig(num_timesteps=20), preset="seed", **extra))
     return folder
 
 
