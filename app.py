@@ -9,6 +9,7 @@ PAGES = [
     st.Page("pages/reverse.py", title="Reverse denoising", icon=":material/auto_fix_high:", url_path="reverse"),
     st.Page("pages/steer.py", title="Steer tissue", icon=":material/tune:", url_path="steer"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
+    st.Page("pages/quiz.py", title="Real or generated?", icon=":material/quiz:", url_path="quiz"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page("pages/about.py", title="About / model card", icon=":material/info:", url_path="about"),
 ]

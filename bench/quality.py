@@ -4,10 +4,12 @@ Rows: real-vs-real floor; centre shift (test vs val); the `seed` preset (the pap
 steps); the previous, unconditional default (from git history) with DPM-Solver++ 20; the default,
 tissue-conditional model's guidance sweep with DPM-Solver++ 20 (classes drawn from the training prior),
 then, at the sweep's best guidance, DDIM at 50 and 20 steps, DPM-Solver++ at 10 steps and DDPM over all
-steps. Same reference (the validation split), same sample count, same encoder. Conditional rows also
+steps; then the guidance-band sweep (``BAND_SWEEP``: scale × band of timesteps on a coarse grid at n = 2,000 beside
+every-step guidance, its best ``FINALISTS`` at the table's n) and DPM-Solver++ at 20 / 30 / 50 steps at the setting
+it chooses. The recommended setting is the lowest FD at the table's n among every-step guidance and the finalists. Same reference (the validation split), same sample count, same encoder. Conditional rows also
 report the conditional accuracy and a per-tissue table. Writes bench/results/quality.{json,md},
 quality_samples.png (a grid per row beside real patches) and tissue_samples.png (per tissue, generated
-beside real), and records the chosen guidance in checkpoints/default/config.json ("sampling").
+beside real), and records the chosen setting in checkpoints/default/config.json ("sampling").
 
     python bench/quality.py --data-dir ../shared/data [-n 5000] [--rows SLUG ...]
 
@@ -54,6 +56,12 @@ SAMPLES = RESULTS / "samples"
 #: the previous default (unconditional `small`, 6,011 steps on 2 CPU cores), read from git history
 PREVIOUS_DEFAULT = "git:2a64ec2:checkpoints/default"
 GUIDANCE_SWEEP = (0.0, 1.0, 1.5, 2.0, 3.0, 4.0)
+#: guidance only in a band of timesteps (Kynkäänniemi et al. 2024): a coarse grid of scale × band at COARSE_N samples
+#: beside every-step guidance at the sweep's best scale; the FINALISTS best of it are then scored at the table's n.
+#: Scale 3 is left out on 2 CPU cores: a first measurement on this model (issue 17) found 3% at 3.0 in the 30-130
+#: band against 10-14% at 2.0-2.5, and every-step FD already rises beyond s = 1.5
+BAND_SWEEP = tuple((g, band) for g in (2.0, 2.5) for band in ((30, 130), (20, 160)))
+COARSE_N, FINALISTS = 2000, 1
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp": "DPM-Solver++"}
 
 
@@ -65,16 +73,19 @@ class Row:
     steps: int | None  # None: all T (DDPM)
     guidance: float | None = None  # None: an unconditional model
     n: int | None = None  # another sample count than the table's (said in the row's name)
+    band: tuple[int, int] | None = None  # the timesteps guidance acts on (None: every step)
 
     @property
     def name(self) -> str:
         steps = "all steps" if self.steps is None else str(self.steps)
         g = "" if self.guidance is None else f", guidance {self.guidance:g}"
+        g += f" for t in [{self.band[0]}, {self.band[1]}]" if self.band else ""
         return f"{self.label} {SAMPLER_NAMES[self.sampler]} {steps}{g}{f' (n = {self.n})' if self.n else ''}"
 
     @property
     def spec(self) -> SamplingSpec:
-        return SamplingSpec(self.sampler, self.steps, 1.0 if self.guidance is None else self.guidance)
+        return SamplingSpec(self.sampler, self.steps, 1.0 if self.guidance is None else self.guidance,
+                            guidance_interval=self.band)
 
 
 def sweep_row(guidance: float) -> Row:
@@ -82,20 +93,70 @@ def sweep_row(guidance: float) -> Row:
     return Row("default", "default", SamplingSpec().sampler, SamplingSpec().steps, guidance)
 
 
-def rows_for(guidance: float | None) -> list[Row]:
-    """The table's rows; those after the sweep use ``guidance`` (the sweep's best), or none if not chosen yet."""
+def band_row(guidance: float, band: tuple[int, int] | None, n: int | None = None, steps: int = 20) -> Row:
+    """The default model with DPM-Solver++ at ``guidance`` applied in ``band`` (None: every step)."""
+    return Row("default", "default", "dpmpp", steps, guidance, n=n, band=band)
+
+
+def coarse_rows(guidance: float) -> list[Row]:
+    """The band sweep's coarse grid at COARSE_N samples, with every-step guidance at ``guidance`` as its reference."""
+    return [band_row(guidance, None, COARSE_N)] + [band_row(g, b, COARSE_N) for g, b in BAND_SWEEP]
+
+
+def chosen_guidance(table: dict) -> float | None:
+    """The sweep's guidance (at every step) with the lowest FD, once every sweep row is scored."""
+    fds = {g: table["rows"].get(sweep_row(g).name, {}).get("fd") for g in GUIDANCE_SWEEP}
+    return None if None in fds.values() else min(fds, key=fds.get)
+
+
+def _fd(table: dict, row: Row) -> float | None:
+    return table["rows"].get(row.name, {}).get("fd")
+
+
+def finalist_rows(table: dict) -> list[Row]:
+    """The FINALISTS banded settings with the lowest coarse FD, at the table's n (none until the grid is scored)."""
+    guidance = chosen_guidance(table)
+    if guidance is None:
+        return []
+    banded = coarse_rows(guidance)[1:]
+    if any(_fd(table, r) is None for r in banded):
+        return []
+    return [band_row(r.guidance, r.band) for r in sorted(banded, key=lambda r: _fd(table, r))[:FINALISTS]]
+
+
+def chosen_setting(table: dict) -> tuple[float, tuple[int, int] | None] | None:
+    """(guidance, band) of the lowest FD at the table's n among every-step guidance and the band finalists."""
+    candidates = [sweep_row(g) for g in GUIDANCE_SWEEP] + finalist_rows(table)
+    if len(candidates) == len(GUIDANCE_SWEEP) or any(_fd(table, r) is None for r in candidates):
+        return None
+    best = min(candidates, key=lambda r: _fd(table, r))
+    return best.guidance, best.band
+
+
+def chosen_row(table: dict) -> Row | None:
+    """The recommended setting's row: the band sweep's choice, else the guidance sweep's."""
+    setting, guidance = chosen_setting(table), chosen_guidance(table)
+    if setting is not None:
+        return band_row(*setting)
+    return None if guidance is None else sweep_row(guidance)
+
+
+def rows_for(table: dict, guidance: float | None = None) -> list[Row]:
+    """The table's rows as far as its scored rows define them: the guidance sweep; then, at its best guidance (or
+    ``guidance``), other samplers and the band sweep's coarse grid; then the band finalists; then DPM-Solver++ at
+    more steps at the chosen setting (on the coarse grid's n, beside its 20-step row)."""
+    guidance = chosen_guidance(table) if guidance is None else guidance
     rows = [Row("seed (paper)", "seed", "ddpm", None), Row("previous default (unconditional, CPU)", PREVIOUS_DEFAULT, "dpmpp", 20)]
     rows += [sweep_row(g) for g in GUIDANCE_SWEEP]
     if guidance is not None:
         rows += [Row("default", "default", s, k, guidance) for s, k in (("dpmpp", 10), ("ddim", 20), ("ddim", 50))]
         rows += [Row("default", "default", "ddpm", None, guidance, n=1000)]
-    return rows
-
-
-def chosen_guidance(table: dict) -> float | None:
-    """The sweep's guidance with the lowest FD, once every sweep row is scored."""
-    fds = {g: table["rows"].get(sweep_row(g).name, {}).get("fd") for g in GUIDANCE_SWEEP}
-    return None if None in fds.values() else min(fds, key=fds.get)
+        rows += coarse_rows(guidance)
+    rows += finalist_rows(table)
+    setting = chosen_setting(table)
+    if setting is not None:
+        rows += [band_row(setting[0], setting[1], COARSE_N, k) for k in (20, 30, 50)]
+    return list(dict.fromkeys(rows))
 
 
 def slug(name: str) -> str:
@@ -246,18 +307,15 @@ def main() -> None:
         sys.exit("--shard makes part of a row's samples; use it with --samples-only, then score the rows in one run")
     out_json = RESULTS / "quality.json"
     table = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": {}}
-    guidance = chosen_guidance(table)
-    if args.guidance is not None:
-        if not args.samples_only:
-            sys.exit("--guidance only makes samples ahead of the sweep's choice; the scored rows follow the choice")
-        guidance = args.guidance
-    known = {slug(r.name): r for r in rows_for(guidance)}
+    if args.guidance is not None and not args.samples_only:
+        sys.exit("--guidance only makes samples ahead of the sweep's choice; the scored rows follow the choice")
+    known = {slug(r.name): r for r in rows_for(table, args.guidance)}
     unknown = [r for r in args.rows or [] if r not in known]
     if unknown:
         sys.exit(f"unknown rows {unknown}; known now: {sorted(known)} (the rows after the sweep exist once it is scored)")
     selected = [known[r] for r in args.rows] if args.rows else list(known.values())
     if args.list:
-        print("\n".join(slug(r.name) for r in rows_for(guidance if guidance is not None else GUIDANCE_SWEEP[0])))
+        print("\n".join(slug(r.name) for r in rows_for(table, args.guidance)))
         return
     if args.samples_only:
         for row in selected:
@@ -271,42 +329,46 @@ def main() -> None:
     for row in [] if args.render else selected:
         images, per_1000, source, threads, labels = samples_for(row, args.n, args.seed, args.fresh)
         report = evaluate_images(images, data, encoder, seed=args.seed, with_floor="floor" not in table, progress=True,
-                                 requested=labels)
+                                 requested=labels, with_memorization=row.n != COARSE_N)  # coarse rows: no copy search
         if "floor" in report:
             table.update(floor=report["floor"], centre_shift=report.get("centre_shift"), protocol=report["protocol"],
                          floor_protocol=report["floor_protocol"])
         table["rows"][row.name] = {**report["metrics"], "seconds_per_1000": round(per_1000, 1), "torch_threads": threads,
                                    "checkpoint": source, "sampler": row.sampler, "steps": row.steps, "guidance": row.guidance,
+                                   **({"guidance_interval": list(row.band)} if row.band else {}),
                                    "n": len(images), "class_hist": report["class_hist"]["generated"],
                                    **({"per_class": report["per_class"]} if "per_class" in report else {})}
         table["class_prior"] = report["class_hist"]["train_prior"]
         out_json.write_text(json.dumps(table, indent=1) + "\n")
         print(row.name, {k: report["metrics"][k] for k in METRIC_KEYS}, f"{per_1000:.1f} s/1000", flush=True)
-        if args.checkpoint_reports and row in canonical_rows(chosen_guidance(table)):
+        if args.checkpoint_reports and row in canonical_rows(table):
             shared = {k: table[k] for k in ("floor", "centre_shift", "floor_protocol") if table.get(k) is not None}
             write_checkpoint_report(row, {**shared, **report}, images, per_1000, source, threads, data, args)
-    guidance = chosen_guidance(table)
-    if guidance is not None:
-        record_sampling(guidance, table)
+    if chosen_row(table) is not None:
+        record_sampling(table)
     table["date"] = time.strftime("%Y-%m-%d")
     out_json.write_text(json.dumps(table, indent=1) + "\n")
     write_markdown(table)
     write_grids(table, data, args)
 
 
-def canonical_rows(guidance: float | None) -> list[Row]:
-    """The rows whose reports become checkpoints/<name>/evaluation.json: the seed's, and the default's at its guidance."""
-    rows = [Row("seed (paper)", "seed", "ddpm", None)]
-    return rows + ([sweep_row(guidance)] if guidance is not None else [])
+def canonical_rows(table: dict) -> list[Row]:
+    """The rows whose reports become checkpoints/<name>/evaluation.json: the seed's, and the default's at its
+    recommended setting."""
+    chosen = chosen_row(table)
+    return [Row("seed (paper)", "seed", "ddpm", None)] + ([chosen] if chosen is not None else [])
 
 
-def record_sampling(guidance: float, table: dict) -> None:
-    """Write the sweep's choice into the default's config.json, where `ddpm sample` and the app read it."""
+def record_sampling(table: dict) -> None:
+    """Write the sweeps' choice into the default's config.json, where `ddpm sample` and the app read it."""
     path = ROOT / "checkpoints" / "default" / CONFIG_NAME
     config = json.loads(path.read_text())
-    best = table["rows"][sweep_row(guidance).name]
-    sampling = {**{k: v for k, v in sweep_row(guidance).spec.to_dict().items() if k != "eta"},
-                "chosen_by": f"lowest FD of the guidance sweep in bench/results/quality.json (FD {best['fd']:.3g}, "
+    row = chosen_row(table)
+    best = table["rows"][row.name]
+    sweep = ("guidance sweep" if chosen_setting(table) is None else
+             "guidance and guidance-band sweeps")
+    sampling = {**{k: v for k, v in row.spec.to_dict().items() if k != "eta" and v is not None},
+                "chosen_by": f"lowest FD of the {sweep} in bench/results/quality.json (FD {best['fd']:.3g}, "
                              f"n = {best['n']})"}
     if config.get("sampling") != sampling:
         atomic_write_json(path, {**config, "sampling": sampling})
@@ -315,8 +377,8 @@ def record_sampling(guidance: float, table: dict) -> None:
 def write_grids(table: dict, data, args) -> None:
     """quality_samples.png (48 samples per scored row, then real ones) and tissue_samples.png (per tissue,
     generated at the chosen guidance beside real validation patches)."""
-    grids, guidance = [], chosen_guidance(table)
-    for row in rows_for(guidance):  # rows scored in earlier runs keep their grid while their cached samples match the weights
+    grids = []
+    for row in rows_for(table):  # rows scored in earlier runs keep their grid while their cached samples match the weights
         cached = _read_cache(cache_path(row.name, row.n or args.n, args.seed),
                              weights_fingerprint(_checkpoint(row.source).model)) if row.name in table["rows"] else None
         if cached is not None:
@@ -327,9 +389,9 @@ def write_grids(table: dict, data, args) -> None:
         sep = np.full((blocks[0].shape[0], 10, 3), 255, np.uint8)
         save_png(np.concatenate(sum(([b, sep] for b in blocks), [])[:-1], axis=1), RESULTS / "quality_samples.png", scale=2)
         (RESULTS / "quality_samples.txt").write_text("left to right: " + ", ".join([n for n, _ in grids] + ["real (val)"]) + "\n")
-    if guidance is None:
+    row = chosen_row(table)
+    if row is None:
         return
-    row = sweep_row(guidance)
     cached = _read_cache(cache_path(row.name, args.n, args.seed), weights_fingerprint(_checkpoint(row.source).model))
     if cached is None:
         return
@@ -351,6 +413,7 @@ def write_checkpoint_report(row: Row, report: dict, images: torch.Tensor, per_10
     folder = ROOT / "checkpoints" / row.source
     report = {**report, "sampling": {"checkpoint": source, "sampler": row.sampler, "steps": row.steps or "all",
                                      "guidance": row.guidance, "seed": args.seed,
+                                     **({"guidance_interval": list(row.band)} if row.band else {}),
                                      "seconds_per_1000": round(per_1000, 1), "torch_threads": threads}}
     (folder / "evaluation.json").write_text(json.dumps(report, indent=1) + "\n")
     save_png(evaluation_panel(to_hwc_numpy(images), data, report), folder / "evaluation.png", scale=2)
@@ -371,17 +434,17 @@ def write_markdown(table: dict) -> None:
     lines.append("| real-vs-real floor | " + " | ".join(_fmt(table["floor"], k) for k in keys) + " | – | – |")
     if table.get("centre_shift"):
         lines.append("| centre shift (test vs val) | " + " | ".join(_fmt(table["centre_shift"], k) for k in keys) + " | – | – |")
-    guidance = chosen_guidance(table)
-    order = [r.name for r in rows_for(guidance if guidance is not None else GUIDANCE_SWEEP[0])]
+    order = [r.name for r in rows_for(table, None if chosen_guidance(table) is not None else GUIDANCE_SWEEP[0])]
     for name in sorted(table["rows"], key=lambda n: order.index(n) if n in order else len(order)):
         if name not in order:
             continue  # a row of an earlier protocol
         m = table["rows"][name]
         lines.append(f"| {name} | " + " | ".join(_fmt(m, k) for k in keys)
                      + f" | {m['seconds_per_1000']:.0f} | {m.get('torch_threads') or '?'} |")
-    if guidance is not None:
-        row = table["rows"][sweep_row(guidance).name]
-        lines += ["", f"Per tissue, {sweep_row(guidance).name} (the chosen guidance): FD of the "
+    chosen = chosen_row(table)
+    if chosen is not None:
+        row = table["rows"][chosen.name]
+        lines += ["", f"Per tissue, {chosen.name} (the recommended setting): FD of the "
                   "samples asked for each tissue against the validation patches of that tissue, beside the same FD for as "
                   "many training patches of it (the floor).", "",
                   "| tissue | n | FD | FD floor | conditional accuracy | copy share |", "|---|---:|---:|---:|---:|---:|"]

@@ -2,8 +2,9 @@
 
     python bench/update_readme.py
 
-Each marker names a file: ``<!-- train_speed -->`` takes bench/results/train_speed.md, ``<!-- encoder -->``
-is built from checkpoints/encoder/config.json.  A result file that does not exist yet leaves a line
+Each marker names a file: ``<!-- train_speed -->`` takes bench/results/train_speed.md (``<!-- quiz -->`` takes
+bench/results/quiz.md, written by ``python -m ddpm quiz-report``), ``<!-- encoder -->`` is built from
+checkpoints/encoder/config.json.  A result file that does not exist yet leaves a line
 saying which script writes it, so the README never shows a number no script produced.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ WRITERS = {"train_speed": "bench/train_speed.py", "quality": "bench/quality.py",
            "startup_time": "bench/startup_time.py", "gpu_speed": "bench/gpu_speed.py",
            "screenshots": "bench/screenshots.py", "guided_speed": "bench/guided_speed.py",
            "crowd_check": "bench/crowd_check.py", "batching_check": "bench/batching_check.py",
-           "request_cost": "bench/request_cost.py"}
+           "request_cost": "bench/request_cost.py",
+           "quiz": "-m ddpm quiz-report --db <the server's quiz.sqlite3> > bench/results/quiz.md"}
 
 
 def encoder_table() -> str:
@@ -35,7 +37,7 @@ def encoder_table() -> str:
 
 
 def screenshots() -> str:
-    order = ["home", "forward", "reverse", "steer", "train", "compare", "about"]
+    order = ["home", "forward", "reverse", "steer", "train", "quiz", "compare", "about"]
     shots = sorted((ROOT / "docs" / "screenshots").glob("*.png"), key=lambda p: (order + [p.stem]).index(p.stem))
     if not shots:
         return "_No screenshots yet: run `python bench/screenshots.py`._"
@@ -48,17 +50,17 @@ def quality_targets() -> str:
     if not path.is_file():
         return "_Not measured yet: run `python bench/quality.py`._"
     sys.path.insert(0, str(Path(__file__).parent))
-    from quality import PREVIOUS_DEFAULT, Row, chosen_guidance  # noqa: E402 (bench/quality.py names the rows)
+    from quality import PREVIOUS_DEFAULT, Row, chosen_guidance, chosen_row, chosen_setting, sweep_row  # noqa: E402
 
     table = json.loads(path.read_text())
     rows, floor = table["rows"], table["floor"]
-    g = chosen_guidance(table)
-    if g is None:
+    chosen = chosen_row(table)
+    if chosen is None:
         return "_The guidance sweep is not complete yet: run `python bench/quality.py`._"
-    main_name = Row("default", "default", "dpmpp", 20, g).name
+    main_name = chosen.name
     main = rows[main_name]
     verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
-    lines = [f"At the default sampler and guidance ({main_name}, guidance chosen by the sweep's lowest FD; tissues "
+    lines = [f"At the default sampler and recommended setting ({main_name}, chosen by the sweeps' lowest FD; tissues "
              "drawn from the training prior):",
              f"- FD within 3× the real-vs-real floor: {main['fd']:.3g} vs 3 × {floor['fd']:.3g} = {3 * floor['fd']:.3g}: "
              f"{verdict(main['fd'] <= 3 * floor['fd'])}.",
@@ -66,8 +68,9 @@ def quality_targets() -> str:
              f"- Class histogram within 0.1 TV of the training prior: {main['class_tv']:.3g}: {verdict(main['class_tv'] <= 0.1)}.",
              f"- Conditional accuracy ≥ 0.8: {main['conditional_accuracy']:.3g}: {verdict(main['conditional_accuracy'] >= 0.8)}."]
     default_rows = {n: r for n, r in rows.items() if n.startswith("default ")}
-    worst_copy = max(r["memorization_share"] for r in default_rows.values())
-    lines.append(f"- No sample a near-copy of a training patch: largest copy share over the default's {len(default_rows)} rows "
+    checked = [r["memorization_share"] for r in default_rows.values() if "memorization_share" in r]
+    worst_copy = max(checked)
+    lines.append(f"- No sample a near-copy of a training patch: largest copy share over the default's {len(checked)} rows "
                  f"{worst_copy:.3g} (floor {floor['memorization_share']:.3g}): {verdict(worst_copy == 0)}.")
     same_n = {n: r for n, r in default_rows.items() if r["n"] == main["n"]}
     best_name = min(same_n, key=lambda n: same_n[n]["fd"])
@@ -78,6 +81,14 @@ def quality_targets() -> str:
     if previous:
         lines.append(f"- Better than the previous default (unconditional, CPU-trained) on FD: {main['fd']:.3g} vs "
                      f"{previous['fd']:.3g}: {verdict(main['fd'] < previous['fd'])}.")
+    if chosen_setting(table) is not None:  # issue 17: the band, with the same weights and cost per sample
+        every = rows[sweep_row(chosen_guidance(table)).name]
+        gain = 1 - main["fd"] / every["fd"]
+        lines += [f"- Guidance in a band: FD {main['fd']:.3g} vs {every['fd']:.3g} with guidance at every step, "
+                  f"{100 * gain:.0f}% lower (target ≥ 15%): {verdict(gain >= 0.15)}; recall {main['recall']:.3g} (≥ 0.5: "
+                  f"{verdict(main['recall'] >= 0.5)}), tissue mix TV {main['class_tv']:.3g} (≤ 0.05: "
+                  f"{verdict(main['class_tv'] <= 0.05)}), conditional accuracy {main['conditional_accuracy']:.3g} "
+                  f"(≥ 0.9: {verdict(main['conditional_accuracy'] >= 0.9)})."]
     seed = rows.get(Row("seed (paper)", "seed", "ddpm", None).name)
     if seed:
         lines.append(f"- The `seed` row far worse than the default: FD {seed['fd']:.3g} vs {main['fd']:.3g}, recall "

@@ -1,4 +1,4 @@
-"""Command line: ``python -m ddpm {train,sample,info,preview,evaluate,push,download}``."""
+"""Command line: ``python -m ddpm {train,sample,info,preview,evaluate,push,download,quiz-report}``."""
 from __future__ import annotations
 
 import argparse
@@ -139,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
                             help="create the repo public, readable by anyone (default: private)")
     p.set_defaults(public=False)
     p.add_argument("--token", help="Hub token (default: the one huggingface-cli login stored)")
+    p = sub.add_parser("quiz-report", help="print how well visitors tell real from generated patches (the quiz's score)",
+                       formatter_class=HelpFormatter,
+                       description="Read the answers of the app's \"Real or generated?\" page and print the share of "
+                                   "right answers, overall and by tissue, each with its 95% Wilson interval, as a "
+                                   "Markdown table (50% is chance).",
+                       epilog=examples("python -m ddpm quiz-report",
+                                        "python -m ddpm quiz-report --db /data/ddpm/quiz.sqlite3 > bench/results/quiz.md",
+                                        "python -m ddpm quiz-report --weights 3f2a9c"))
+    p.add_argument("--db", help="the quiz's SQLite file (default: $DDPM_QUIZ_DB, else where the app keeps it)")
+    p.add_argument("--weights", metavar="SHA256", help="only answers about the weights whose sha256 starts so "
+                   "(default: every model's answers, listed by weights)")
     return parser
 
 
@@ -402,20 +413,41 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quiz_report(args: argparse.Namespace) -> int:
+    from .data import CLASS_NAMES
+    from .quiz import default_db_path, open_report_db, report_markdown
+
+    db = open_report_db(args.db or default_db_path())
+    weights = db.weights()
+    if args.weights:
+        weights = [(w, n) for w, n in weights if w.startswith(args.weights.lower())]
+        if not weights:
+            raise ValueError(f"no answers about weights starting {args.weights!r} in {db.path}; "
+                             f"the database has answers about {len(db.weights())} model(s)")
+    total = sum(n for _, n in weights)
+    about = ", ".join(f"`{w[:12]}…` ({n:,})" for w, n in weights) or "none yet"
+    print(report_markdown(db.scores(args.weights), CLASS_NAMES,
+                          f"**Real or generated?** {total:,} answer{'s' * (total != 1)} in {db.path.name}; "
+                          f"weights sha256 (answers): {about}."))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help and usage errors end here, before torch is imported
     from .checkpoints import CheckpointError
     from .data import DataNotFoundError
+    from .quiz import QuizDBError
     from .samplers import NonFiniteSampleError
     from .training import NonFiniteLossError
 
     commands = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "download": cmd_download, "push": cmd_push,
-                "pack-data": cmd_pack_data, "preview": cmd_preview}
+                "pack-data": cmd_pack_data, "preview": cmd_preview, "quiz-report": cmd_quiz_report}
     if args.command in ("evaluate", "train-encoder"):
         from .evaluation.cli import cmd_evaluate, cmd_train_encoder
         commands.update({"evaluate": cmd_evaluate, "train-encoder": cmd_train_encoder})
     try:
         return commands[args.command](args)
-    except (CheckpointError, DataNotFoundError, NonFiniteLossError, NonFiniteSampleError, ValueError, OSError) as err:
+    except (CheckpointError, DataNotFoundError, NonFiniteLossError, NonFiniteSampleError, QuizDBError, ValueError,
+            OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -35,6 +35,11 @@ def positive_int(text: str) -> int:
     return _whole_number(text, 1, None)
 
 
+def timestep_int(text: str) -> int:
+    """argparse type: a timestep, a whole number from 0 to 999 (the largest T a config may have, minus one)."""
+    return _whole_number(text, 0, 999)
+
+
 def seed_int(text: str) -> int:
     """argparse type: a seed, a whole number from 0 to MAX_SEED."""
     return _whole_number(text, 0, MAX_SEED)
@@ -79,8 +84,8 @@ def add_reproducibility(p: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
-    """--sampler, --steps, --eta, --class and --guidance; unset, each takes the checkpoint's recommendation
-    (``sampling_settings``)."""
+    """--sampler, --steps, --eta, --class, --guidance and --guidance-interval; unset, each takes the checkpoint's
+    recommendation (``sampling_settings``)."""
     p.add_argument("--sampler", choices=SAMPLER_NAMES, help="DDPM (ancestral, all T steps), DDIM or DPM-Solver++(2M) "
                    "(default: the checkpoint's recommended one, else dpmpp)")
     p.add_argument("--steps", type=int, help="sampler steps (DDPM always uses all T; default: the checkpoint's "
@@ -92,6 +97,10 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale s: uncond + s·(cond − uncond); 0 = "
                    "unconditional, 1 = plain conditional, at most 6 (default: the checkpoint's recommended, chosen by its "
                    "guidance sweep)")
+    p.add_argument("--guidance-interval", nargs=2, type=timestep_int, metavar=("LO", "HI"),
+                   help="apply the guidance only at timesteps LO ≤ t ≤ HI, the plain conditional prediction elsewhere "
+                        "(one network pass instead of two there); 0 T-1 = every step (default: the checkpoint's "
+                        "recommended band, chosen by its sweep)")
 
 
 def sampling_settings(args: argparse.Namespace, ckpt, n: int, seed: int):
@@ -102,12 +111,17 @@ def sampling_settings(args: argparse.Namespace, ckpt, n: int, seed: int):
     if n < 1:
         raise ValueError(f"-n must be at least 1, got {n}")
     num_classes = ckpt.model_config.num_classes
-    if num_classes is None and (args.guidance is not None or args.tissue not in (None, PRIOR)):
-        raise ValueError(f"{ckpt.source} is an unconditional model: --class and --guidance need a tissue-conditional one")
+    band = getattr(args, "guidance_interval", None)
+    if num_classes is None and (args.guidance is not None or band is not None or args.tissue not in (None, PRIOR)):
+        raise ValueError(f"{ckpt.source} is an unconditional model: --class, --guidance and --guidance-interval need "
+                         "a tissue-conditional one")
     T = ckpt.schedule.num_timesteps
     if args.steps is not None and not 1 <= args.steps <= T:
         raise ValueError(f"--steps: steps must be between 1 and T = {T}, got {args.steps}")
-    spec = ckpt.sampling.replace(sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta)
+    if band is not None and not band[0] <= band[1] < T:
+        raise ValueError(f"--guidance-interval: need 0 ≤ LO ≤ HI ≤ T − 1 = {T - 1}, got {band[0]} {band[1]}")
+    spec = ckpt.sampling.replace(sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta,
+                                 guidance_interval=None if band is None else tuple(band))
     spec.timesteps(T)  # DDPM with a step count other than T is refused before any work
     return spec, resolve_classes(num_classes, n, args.tissue, seed)
 

@@ -2,8 +2,9 @@
 the pixels kept (inpainting), morph one noise between two tissues, and draw one noise as every tissue.
 
 Every function takes images (B, 3, H, W) in [-1, 1] (``data.to_model_range`` of uint8 patches), tissues as names or
-indices (``pipeline.resolve_classes``), a classifier-free ``guidance`` scale and ``num_steps`` of the default sampler
-(DPM-Solver++ over trailing timesteps), and returns (B, 3, H, W) in [-1, 1] on the CPU; the same seed gives the same
+indices (``pipeline.resolve_classes``), a classifier-free ``guidance`` scale (and the ``guidance_interval`` it acts
+in, as ``SamplingSpec`` has it) and ``num_steps`` of the default sampler (DPM-Solver++ over trailing timesteps), and
+returns (B, 3, H, W) in [-1, 1] on the CPU; the same seed gives the same
 images. The network runs under bf16 autocast where the hardware has it, as in ``pipeline.generate``, and
 ``callback(done, total)`` follows every network evaluation. An unconditional model is refused: it has no tissue to
 be steered towards.
@@ -23,6 +24,7 @@ from .samplers import (DEFAULT_SAMPLER, ModelFn, Sampler, check_finite, get_samp
 from .schedules import NoiseSchedule, q_sample, q_sample_from
 
 Callback = Callable[[int, int], None]
+Interval = tuple[int, int] | None  # the timesteps lo ≤ t ≤ hi where guidance acts (SamplingSpec.guidance_interval)
 #: The preset masks of ``preset_mask`` (True = the pixels to fill), named as the app shows them.
 MASKS = ("centre square", "left half", "random blocks", "ring")
 #: Inpainting's sampler and resampling rounds per step (``inpaint``: why, and the measurement)
@@ -58,11 +60,11 @@ def _check_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def _run(model: nn.Module, schedule: NoiseSchedule, x: torch.Tensor, labels: torch.Tensor, guidance: float,
          num_steps: int | None, timesteps: Sequence[int] | None, generator: torch.Generator,
-         callback: Callback | None, precision: Precision) -> torch.Tensor:
+         callback: Callback | None, precision: Precision, interval: Interval) -> torch.Tensor:
     """The default sampler from ``x`` (x_T, or x at ``timesteps[0]``) with ``labels`` (B,) or (B, K+1): images on CPU."""
     device = _model_device(model)
     model.eval()
-    fn = guided_model_for(model, labels, guidance, precision)
+    fn = guided_model_for(model, labels, guidance, precision, interval)
     sampler = get_sampler(DEFAULT_SAMPLER)
     total = len(sampler.timesteps(schedule.num_timesteps, num_steps) if timesteps is None else timesteps)
     step = None
@@ -73,14 +75,17 @@ def _run(model: nn.Module, schedule: NoiseSchedule, x: torch.Tensor, labels: tor
     return step.prev_sample.float().cpu()
 
 
-def guided_model_for(model: nn.Module, labels: torch.Tensor, guidance: float, precision: Precision = "auto") -> ModelFn:
-    """``samplers.guided_model`` of the network under ``precision``'s autocast: the ModelFn every edit samples with."""
-    return guided_model(_autocast(model, precision, _model_device(model)), labels, guidance, model.config.num_classes)
+def guided_model_for(model: nn.Module, labels: torch.Tensor, guidance: float, precision: Precision = "auto",
+                     interval: Interval = None) -> ModelFn:
+    """``samplers.guided_model`` of the network under ``precision``'s autocast, guided in ``interval`` (None: at
+    every step; ``SamplingSpec.guidance_interval``): the ModelFn every edit samples with."""
+    return guided_model(_autocast(model, precision, _model_device(model)), labels, guidance, model.config.num_classes,
+                        interval)
 
 
 def sample_from(model: nn.Module, schedule: NoiseSchedule, noise: torch.Tensor, class_labels: torch.Tensor,
-                guidance: float = 1.0, num_steps: int | None = None, *, callback: Callback | None = None,
-                precision: Precision = "auto") -> torch.Tensor:
+                guidance: float = 1.0, num_steps: int | None = None, *, guidance_interval: Interval = None,
+                callback: Callback | None = None, precision: Precision = "auto") -> torch.Tensor:
     """Plain conditional sampling from a given x_T ``noise`` (B, C, H, W): ``class_labels`` (B,) tissue indices or
     (B, K+1) weights over the class embeddings (``unet.ClassEmbedding``). Returns (B, C, H, W) in [-1, 1] on CPU."""
     num_classes = check_steerable(model)
@@ -92,7 +97,7 @@ def sample_from(model: nn.Module, schedule: NoiseSchedule, noise: torch.Tensor, 
     _check_labels(class_labels, noise.shape[0], num_classes)
     with torch.inference_mode():
         return _run(model, schedule, noise.float(), class_labels, guidance, num_steps, None, torch.Generator(),
-                    callback, precision)
+                    callback, precision, guidance_interval)
 
 
 def _check_labels(labels: torch.Tensor, n: int, num_classes: int) -> None:
@@ -137,8 +142,8 @@ def sdedit_input(schedule: NoiseSchedule, images: torch.Tensor, strength: float,
 
 
 def sdedit(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, strength: float, classes: Classes = None,
-           guidance: float = 1.0, seed: int = 0, num_steps: int | None = None, *, callback: Callback | None = None,
-           precision: Precision = "auto") -> torch.Tensor:
+           guidance: float = 1.0, seed: int = 0, num_steps: int | None = None, *, guidance_interval: Interval = None,
+           callback: Callback | None = None, precision: Precision = "auto") -> torch.Tensor:
     """Repaint real patches as the tissue asked for (SDEdit, Meng et al. 2022): noise them to level ``strength``
     (0 = untouched, 1 = pure noise; t₀ = round(strength · (T − 1))) with ``q_sample`` and denoise from there with
     the default sampler over ``sdedit_timesteps``. Below t₀ the noise hides only detail, so low strengths keep the
@@ -156,7 +161,7 @@ def sdedit(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, stre
     with torch.inference_mode():
         x = sdedit_input(schedule, images, strength, seed)
         return _run(model, schedule, x, labels, guidance, num_steps, timesteps, torch.Generator().manual_seed(seed),
-                    callback, precision)
+                    callback, precision, guidance_interval)
 
 
 # ---- inpainting ---------------------------------------------------------------------------------------------------
@@ -243,7 +248,8 @@ def inpaint_loop(fn, schedule: NoiseSchedule, images: torch.Tensor, fill: torch.
 
 def inpaint(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, mask: torch.Tensor,
             classes: Classes = None, guidance: float = 1.0, seed: int = 0, num_steps: int | None = None, *,
-            jumps: int = INPAINT_JUMPS, callback: Callback | None = None, precision: Precision = "auto") -> torch.Tensor:
+            jumps: int = INPAINT_JUMPS, guidance_interval: Interval = None, callback: Callback | None = None,
+            precision: Precision = "auto") -> torch.Tensor:
     """Fill the masked pixels of real patches so that they agree with the pixels kept, as the tissue asked for.
 
     RePaint (Lugmayr et al. 2022; ``inpaint_loop``) with ``jumps`` resampling rounds per step, on ancestral DDIM
@@ -267,7 +273,7 @@ def inpaint(model: nn.Module, schedule: NoiseSchedule, images: torch.Tensor, mas
     labels = resolve_classes(num_classes, images.shape[0], classes, seed)
     model.eval()
     with torch.inference_mode():
-        out = inpaint_loop(guided_model_for(model, labels, guidance, precision), schedule, images, fill,
+        out = inpaint_loop(guided_model_for(model, labels, guidance, precision, guidance_interval), schedule, images, fill,
                            INPAINT_SAMPLER, INPAINT_SAMPLER.timesteps(schedule.num_timesteps, num_steps),
                            torch.Generator().manual_seed(seed), jumps, fresh_known_noise=True,
                            device=_model_device(model), callback=callback)
@@ -297,7 +303,8 @@ def tissue_weights(num_classes: int, tissue_a: int | str, tissue_b: int | str, w
 
 def morph(model: nn.Module, schedule: NoiseSchedule, tissue_a: int | str, tissue_b: int | str,
           weights: Sequence[float], seed: int = 0, guidance: float = 1.0, num_steps: int | None = None, *,
-          callback: Callback | None = None, precision: Precision = "auto") -> torch.Tensor:
+          guidance_interval: Interval = None, callback: Callback | None = None,
+          precision: Precision = "auto") -> torch.Tensor:
     """The same starting noise rendered between two tissues, one image per weight (0 = tissue a, 1 = tissue b): the
     network is given the mix (1 − w) e_a + w e_b of their class embeddings (``tissue_weights``), and guidance pushes
     away from "no class" towards that mix. A weight of 0 or 1 gives exactly what plain conditional sampling of that
@@ -305,14 +312,14 @@ def morph(model: nn.Module, schedule: NoiseSchedule, tissue_a: int | str, tissue
     num_classes = check_steerable(model)
     labels = tissue_weights(num_classes, tissue_a, tissue_b, weights)
     return sample_from(model, schedule, _noise(model, len(labels), seed), labels, guidance, num_steps,
-                       callback=callback, precision=precision)
+                       guidance_interval=guidance_interval, callback=callback, precision=precision)
 
 
 def same_noise(model: nn.Module, schedule: NoiseSchedule, seed: int = 0, guidance: float = 1.0,
-               num_steps: int | None = None, *, callback: Callback | None = None,
+               num_steps: int | None = None, *, guidance_interval: Interval = None, callback: Callback | None = None,
                precision: Precision = "auto") -> torch.Tensor:
     """One x_T (drawn from ``seed``) sampled as each of the K tissues: (K, C, H, W) in [-1, 1] on CPU, row k tissue k.
     What the tissue label changes, and what the noise already decided."""
     num_classes = check_steerable(model)
     return sample_from(model, schedule, _noise(model, num_classes, seed), torch.arange(num_classes), guidance,
-                       num_steps, callback=callback, precision=precision)
+                       num_steps, guidance_interval=guidance_interval, callback=callback, precision=precision)

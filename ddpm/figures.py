@@ -15,9 +15,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .imaging import frame_indices, image_grid, png_bytes
+from .imaging import frame_indices, image_grid, png_bytes, upscale
 
 if TYPE_CHECKING:
+    from .quiz import ScoreTable
     from .schedules import NoiseSchedule
 
 REAL_COLOR = "#6c757d"
@@ -455,4 +456,67 @@ def metrics_table_figure(report: Mapping) -> go.Figure:
     fig = go.Figure(go.Table(header=dict(values=header, fill_color="#f3e6ee", align="left", font=dict(size=13)),
                              cells=dict(values=columns, align="left", height=26)))
     fig.update_layout(height=60 + 27 * len(keys), margin=dict(l=0, r=0, t=0, b=0))
+    return fig
+
+
+# ---- Real or generated? ----------------------------------------------------------------------------------------------
+QUIZ_SCALE = 8  # a 28-pixel patch shown 224 pixels wide
+QUIZ_GAP = 16  # white pixels between the two patches
+
+
+def quiz_pair_image(left_hwc: np.ndarray, right_hwc: np.ndarray, scale: int = QUIZ_SCALE, gap: int = QUIZ_GAP) -> np.ndarray:
+    """The two patches of a round as ONE uint8 image: each enlarged ``scale`` times with crisp pixels by the same
+    function, side by side with a white gap. Nothing but their pixels tells them apart."""
+    left_hwc, right_hwc = np.asarray(left_hwc), np.asarray(right_hwc)
+    if left_hwc.shape != right_hwc.shape or left_hwc.dtype != np.uint8 or right_hwc.dtype != np.uint8 \
+            or left_hwc.ndim != 3 or left_hwc.shape[-1] != 3:
+        raise ValueError(f"need two uint8 (H, W, 3) patches of one shape, got {left_hwc.dtype} {left_hwc.shape} and "
+                         f"{right_hwc.dtype} {right_hwc.shape}")
+    left, right = upscale(left_hwc, scale), upscale(right_hwc, scale)
+    space = np.full((left.shape[0], gap, 3), 255, np.uint8)
+    return np.concatenate([left, space, right], axis=1)
+
+
+def quiz_round_figure(left_hwc: np.ndarray, right_hwc: np.ndarray, scale: int = QUIZ_SCALE) -> go.Figure:
+    """A round of the quiz: both patches in one image trace (one PNG, no per-patch name or hover), "Left" and
+    "Right" written under them in the same style."""
+    pair = quiz_pair_image(left_hwc, right_hwc, scale)
+    h, w = pair.shape[:2]
+    fig = go.Figure(go.Image(source=png_data_uri(pair), hoverinfo="skip"))
+    for x, text in ((w / 4 - QUIZ_GAP / 4, "Left"), (3 * w / 4 + QUIZ_GAP / 4, "Right")):
+        fig.add_annotation(x=x, y=0, yref="paper", text=text, showarrow=False, yanchor="top", font=dict(size=15))
+    fig.update_layout(width=w, height=h + 30, margin=dict(l=0, r=0, t=0, b=30), dragmode=False)
+    fig.update_xaxes(range=[-0.5, w - 0.5])  # pixel edges: the image fills the plot at exactly ``scale`` screen pixels
+    fig.update_yaxes(range=[h - 0.5, -0.5])
+    return _hide_axes(fig)
+
+
+def _answers(n: int) -> str:
+    return f"{n:,} answer{'s' * (n != 1)}"
+
+
+def quiz_score_figure(everyone: ScoreTable, class_names: Sequence[str], you: ScoreTable | None = None) -> go.Figure:
+    """The share of right answers overall and by tissue, each with its 95% Wilson interval as an error bar, for all
+    visitors (and ``you``, one visitor), beside the 50% chance line. Rows without answers have no point."""
+    rows = [("all tissues", None)] + [(name, c) for c, name in enumerate(class_names)]
+    fig = go.Figure()
+    for offset, label, table, color in ((-0.15, "all visitors", everyone, GENERATED_COLOR),
+                                        (0.15, "you", you, PALETTE[1])):
+        if table is None:
+            continue
+        scores = [table.overall if c is None else table.by_tissue.get(c) for _, c in rows]
+        share = [s.share if s and s.answers else None for s in scores]
+        low = [s.share - s.interval[0] if s and s.answers else None for s in scores]
+        high = [s.interval[1] - s.share if s and s.answers else None for s in scores]
+        text = [f"{name}: {s.describe() if s else 'no answers yet'}" for (name, _), s in zip(rows, scores)]
+        fig.add_trace(go.Scatter(
+            x=share, y=[i + offset for i in range(len(rows))], mode="markers", marker=dict(color=color, size=9),
+            error_x=dict(type="data", symmetric=False, array=high, arrayminus=low, color=color, thickness=1.5),
+            name=f"{label} ({_answers(table.overall.answers)})", text=text, hovertemplate="%{text}<extra></extra>"))
+    fig.add_vline(x=0.5, line=dict(color="black", dash="dash"), annotation_text="chance (50%)",
+                  annotation_position="bottom right")
+    fig.update_layout(height=120 + 28 * len(rows), margin=dict(l=10, r=10, t=40, b=10),
+                      xaxis=dict(range=[0, 1], tickformat=".0%", title="share of right answers (95% interval)"),
+                      yaxis=dict(tickvals=list(range(len(rows))), ticktext=[name for name, _ in rows], autorange="reversed"),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0))
     return fig

@@ -103,7 +103,9 @@ def model_card(folder: str | Path, repo_id: str | None = None) -> str:
     if rep is not None:
         m, floor = rep["metrics"], rep.get("floor", {})
         sampling = rep.get("sampling", {})
-        guided = f", guidance {sampling['guidance']:g}, tissues drawn from the training prior" if sampling.get("guidance") is not None else ""
+        band = sampling.get("guidance_interval")
+        guided = (f", guidance {sampling['guidance']:g}{f' for t in [{band[0]}, {band[1]}]' if band else ''}, tissues "
+                  "drawn from the training prior") if sampling.get("guidance") is not None else ""
         lines += ["", "## Evaluation", f"{rep['protocol']['n_generated']} samples "
                   f"({sampling.get('sampler', '?')}, {sampling.get('steps', '?')} steps{guided}) against "
                   f"{rep['protocol']['reference']}, in the feature space of the shipped tissue encoder.", "",

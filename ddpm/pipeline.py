@@ -86,7 +86,7 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, spec: SamplingSp
     for start, b in zip(range(0, n, batch_size), batches):
         shape = (b, cfg.in_channels, cfg.image_size, cfg.image_size)
         fn = guided_model(_autocast(model, precision, device), None if labels is None else labels[start:start + b],
-                          spec.guidance, cfg.num_classes)
+                          spec.guidance, cfg.num_classes, spec.guidance_interval)
         step = None
         for step in sample_progressive(fn, schedule, shape, sampler, spec.steps, generator=generator, device=device):
             done += 1
@@ -147,7 +147,8 @@ def trajectory(model: nn.Module, schedule: NoiseSchedule, n: int, spec: Sampling
     samples, preds, ts = [to_hwc_numpy(x_T)], [np.full_like(to_hwc_numpy(x_T), 128)], [schedule.num_timesteps]
     total = spec.num_model_calls(schedule.num_timesteps)
     device = _model_device(model)
-    fn = guided_model(_autocast(model, precision, device), labels, spec.guidance, cfg.num_classes)
+    fn = guided_model(_autocast(model, precision, device), labels, spec.guidance, cfg.num_classes,
+                      spec.guidance_interval)
     for step in sample_progressive(fn, schedule, shape, spec.make_sampler(), spec.steps,
                                    generator=generator, noise=x_T, device=device):
         samples.append(to_hwc_numpy(step.prev_sample))

@@ -42,14 +42,25 @@ def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: fl
     return uncond + scale * (cond - uncond)
 
 
+def guidance_applies(t: int, interval: tuple[int, int] | None) -> bool:
+    """Whether guidance acts at timestep ``t``: at every step without a band, else for lo ≤ t ≤ hi.
+
+    Guidance in a limited interval (Kynkäänniemi et al. 2024): at high noise it pulls every sample toward the
+    class's mode (less variety), at low noise it only sharpens what is already decided; in between it helps most.
+    """
+    return interval is None or interval[0] <= t <= interval[1]
+
+
 def guided_model(model: Callable[..., torch.Tensor], class_labels: torch.Tensor | None, scale: float,
-                 num_classes: int | None) -> ModelFn:
+                 num_classes: int | None, interval: tuple[int, int] | None = None) -> ModelFn:
     """The ``ModelFn`` a sampler calls for a class-conditional network under classifier-free guidance.
 
     ``model(x, t, labels)`` with labels (B,) in [0, K], K = ``num_classes`` meaning "no class", or (B, K+1)
     weights over the class embeddings (a mix of tissues, ``unet.ClassEmbedding``). ``class_labels=None`` gives
     the plain ``model(x, t)``. For s ∉ {0, 1} the conditional and unconditional predictions come from one
-    forward pass over a batch of 2B, not two passes.
+    forward pass over a batch of 2B, not two passes. With an ``interval`` (lo, hi) the scale applies only at
+    timesteps lo ≤ t ≤ hi (``guidance_applies``); elsewhere the step takes the plain conditional prediction, one
+    pass of batch B.
     """
     if class_labels is None:
         return model
@@ -58,15 +69,16 @@ def guided_model(model: Callable[..., torch.Tensor], class_labels: torch.Tensor 
     if scale < 0:
         raise ValueError(f"guidance scale must be ≥ 0, got {scale}")
 
-    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # t: (B,), one timestep for the whole batch
         labels = class_labels.to(x.device)
-        if scale == 1.0:
+        s = scale if guidance_applies(int(t[0]), interval) else 1.0
+        if s == 1.0:
             return model(x, t, labels)
-        if scale == 0.0:
+        if s == 0.0:
             return model(x, t, no_class_like(labels, num_classes))
         out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, no_class_like(labels, num_classes)]))
         cond, uncond = out.float().chunk(2)
-        return classifier_free_guidance(cond, uncond, scale)
+        return classifier_free_guidance(cond, uncond, s)
 
     return fn
 

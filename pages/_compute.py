@@ -14,13 +14,14 @@ import streamlit as st
 from ddpm.checkpoints import SHIPPED_DIR, Checkpoint, CheckpointError
 from ddpm.model_card import EVALUATION_NAME, read_evaluation
 from ddpm.pipeline import Trajectory
-from ddpm.sampling_spec import SamplingSpec
 from ddpm.samplers import DEFAULT_SAMPLER
+from ddpm.sampling_spec import EVERY_STEP, SamplingSpec
 from ddpm.serving.cost import RequestTooCostlyError, check_request_cost, deadline_s
+from ddpm.serving.edit_request import EditRequest, EditResult
 from ddpm.serving.queue import Position, RequestCancelled
+from ddpm.serving.quiz_pool import QuizPool, service_generator
 from ddpm.serving.result_cache import ResultCache
 from ddpm.serving.sampling_service import RequestFailed, SamplingService
-from ddpm.serving.edit_request import EditRequest, EditResult
 from ddpm.serving.sampling_worker import ModelPayload, SampleRequest
 from pages._models import ActiveModel
 from pages._pickers import Tissue
@@ -48,6 +49,18 @@ def _payload(model_key: str, _checkpoint: Checkpoint) -> ModelPayload:
     return ModelPayload.from_checkpoint(_checkpoint)
 
 
+@st.cache_resource(show_spinner=False, max_entries=2, on_release=QuizPool.close)
+def _quiz_pool(model_key: str, _checkpoint: Checkpoint) -> QuizPool:
+    return QuizPool(service_generator(sampling_service(), _payload(model_key, _checkpoint), _checkpoint, limits()),
+                    _checkpoint.model_config.num_classes)
+
+
+def quiz_pool(model: ActiveModel) -> QuizPool:
+    """The quiz's generated patches for a tissue-conditional model, made ahead of time by the sampling workers and
+    refilled in the background (ddpm.serving.quiz_pool): one pool per model for the whole server."""
+    return _quiz_pool(model.key, model.checkpoint)
+
+
 @st.cache_resource(show_spinner="Loading the tissue encoder…")
 def tissue_encoder():
     """(encoder, None) or (None, why not): the evaluation package and its weights are optional."""
@@ -65,7 +78,7 @@ def _request(model: ActiveModel, spec: SamplingSpec | None, tissue: Tissue | Non
     spec = (spec or model.checkpoint.sampling).fitted(model.checkpoint.schedule.num_timesteps)
     if tissue is None:
         return spec.replace(guidance=1.0), None
-    return spec.replace(guidance=tissue.guidance), tissue.tissue
+    return spec.replace(guidance=tissue.guidance, guidance_interval=tissue.interval or EVERY_STEP), tissue.tissue
 
 
 # ---- evaluation reports (the one place that knows the evaluation package's API) ---------------
@@ -173,10 +186,10 @@ def cached_samples(model: ActiveModel, n: int, seed: int, spec: SamplingSpec | N
 
 def cached_edit(model: ActiveModel, edit: EditRequest, seed: int, tissue: Tissue) -> EditResult:
     """An edit of the Steer tissue page (``ddpm.serving.edit_request``), computed once per (model, spec, seed, tissue,
-    edit) for the whole server with the model's recommended steps and the visitor's guidance; ``tissue.tissue`` is the
-    tissue asked for (the morph's first one)."""
+    edit) for the whole server with the model's recommended steps and the visitor's guidance and its band;
+    ``tissue.tissue`` is the tissue asked for (the morph's first one)."""
     spec = model.checkpoint.sampling.replace(sampler=DEFAULT_SAMPLER, eta=0.0).fitted(model.checkpoint.schedule.num_timesteps)
-    spec = spec.replace(guidance=tissue.guidance)
+    spec = spec.replace(guidance=tissue.guidance, guidance_interval=tissue.interval or EVERY_STEP)
     classes = None if edit.op == "same_noise" else tissue.tissue
     n = edit.batch_size(model.checkpoint.model_config.num_classes)
     return _cached(caches().edits, (model.key, spec, seed, classes, edit), model,

@@ -44,6 +44,11 @@ def _fingerprint(weights_folder: str) -> str:
     return weights_fingerprint(weights_folder)
 
 
+def model_fingerprint(model: ActiveModel) -> str | None:
+    """sha256 of the model.safetensors in use (None for weights without a folder, e.g. an upload in memory)."""
+    return None if model.checkpoint.path is None else _fingerprint(str(model.checkpoint.path))
+
+
 # ---- the model in use -------------------------------------------------------------------------
 def _run_checkpoint() -> tuple[str, Checkpoint] | None:
     """(job id, checkpoint) of this visitor's finished training run, if it saved one."""

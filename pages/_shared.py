@@ -16,6 +16,7 @@ per-visitor values live in ``st.session_state`` under these keys:
     home_seed          the Home page's sample draw
     forward_seed       the Forward page's patch / noise draw
     evaluation         {model key: report} of evaluations this visitor ran
+    quiz               this visitor's "Real or generated?" (ddpm.serving.quiz_rounds.QuizSession: patches seen, answers)
 """
 from __future__ import annotations
 
@@ -26,8 +27,10 @@ import torch
 from streamlit.runtime.pages_manager import PagesManager
 
 from ddpm.data import ImageSet, load_images, load_subset
+from ddpm.quiz import QuizDB, QuizDBError, default_db_path, hub_sync_from_env
 from ddpm.serving.job_state import Visitor
 from ddpm.serving.jobs import JobRegistry
+from ddpm.serving.quiz_rounds import Quiz
 from ddpm.serving.result_cache import ResultCaches
 from ddpm.serving.server_limits import ServerLimits
 
@@ -61,6 +64,27 @@ def bundled_real_images() -> ImageSet:
     return load_subset()
 
 
+@st.cache_resource(show_spinner="Loading PathMNIST's validation split…")
+def validation_images() -> tuple[ImageSet, str | None]:
+    """The validation split (or the bundled subset, with the reason as the second item): the quiz's real patches."""
+    return load_images("val")
+
+
+@st.cache_resource(show_spinner=False)
+def _quiz() -> Quiz:
+    db = QuizDB(default_db_path())  # a QuizDBError is not cached: the next visitor tries again
+    hub, note = hub_sync_from_env(db)
+    return Quiz(db, hub=hub, hub_note=note)
+
+
+def quiz_service() -> tuple[Quiz | None, str | None]:
+    """(the server's quiz: open rounds, rate limits, the answers database; None) or (None, why it cannot run)."""
+    try:
+        return _quiz(), None
+    except QuizDBError as err:
+        return None, str(err)
+
+
 @st.cache_resource
 def job_registry() -> JobRegistry:
     return JobRegistry(ServerLimits.from_env())
@@ -83,9 +107,10 @@ def visitor() -> Visitor:
     return st.session_state["visitor"]
 
 
-def show(fig, key: str, where=st) -> None:
-    """Draw a Plotly figure (in ``where``: a container or an ``st.empty`` slot, else the page)."""
-    where.plotly_chart(fig, key=key, config=PLOTLY_CONFIG)
+def show(fig, key: str, where=st, width: str = "stretch") -> None:
+    """Draw a Plotly figure (in ``where``: a container or an ``st.empty`` slot, else the page); ``width="content"``
+    keeps the figure's own width."""
+    where.plotly_chart(fig, key=key, config=PLOTLY_CONFIG, width=width)
 
 
 # ---- the training job's heartbeat, from whichever page the visitor is on -----------------------

@@ -4,10 +4,10 @@ import streamlit as st
 from ddpm.data import CLASS_NAMES, to_chw_tensor, to_hwc_numpy
 from ddpm.explain import patches_like, pick_patches
 from ddpm.figures import (class_histogram_figure, color_histogram_figure, memorization_figure, metrics_table_figure,
-                          ratio_histogram_figure, side_by_side_figure, tissue_rows_figure)
+                          quiz_score_figure, ratio_histogram_figure, side_by_side_figure, tissue_rows_figure)
 from ddpm.pipeline import PRIOR
-from pages._shared import caches, keep_training_alive, limits, real_images, show
-from pages._models import model_picker
+from pages._shared import caches, keep_training_alive, limits, quiz_service, real_images, show
+from pages._models import model_fingerprint, model_picker
 from pages._pickers import Tissue, tissue_picker
 from pages._compute import cached_samples, evaluation_report, run_evaluation, tissue_encoder
 
@@ -27,7 +27,7 @@ generated = cached_samples(model, 16, seed=0, tissue=tissue)
 st.subheader("Generated beside real")
 if tissue is not None and tissue.tissue == PRIOR:
     asked = [c for c in range(len(CLASS_NAMES)) for _ in range(PER_TISSUE)]
-    by_tissue = cached_samples(model, len(asked), seed=0, tissue=Tissue(asked, tissue.guidance))
+    by_tissue = cached_samples(model, len(asked), seed=0, tissue=Tissue(asked, tissue.guidance, tissue.interval))
     show(tissue_rows_figure(by_tissue, to_hwc_numpy(patches_like(real, asked, seed=0)), CLASS_NAMES, PER_TISSUE,
                             f"generated, asked for each tissue (guidance {tissue.guidance:g})", "real, the same tissue"),
          key="cmp_tissues")
@@ -58,12 +58,27 @@ except ImportError as err:
 
 st.subheader("Metrics")
 report, origin = evaluation_report(model)
-if report is None:
-    st.info("No evaluation of this model is stored yet: run one below.")
-else:
-    note = report.get("protocol", {}).get("note")
-    st.caption(f"From {origin}: {report.get('protocol', {}).get('n_generated', '?')} generated patches. " + (note or ""))
-    show(metrics_table_figure(report), key="cmp_metrics")
+metrics_col, people_col = st.columns([3, 2])
+with metrics_col:
+    if report is None:
+        st.info("No evaluation of this model is stored yet: run one below.")
+    else:
+        note = report.get("protocol", {}).get("note")
+        st.caption(f"From {origin}: {report.get('protocol', {}).get('n_generated', '?')} generated patches. " + (note or ""))
+        show(metrics_table_figure(report), key="cmp_metrics")
+with people_col:
+    quiz, quiz_error = quiz_service()
+    weights = model_fingerprint(model)
+    people = quiz.db.scores(weights) if quiz is not None and weights is not None else None
+    if people is not None and people.overall.answers:
+        show(quiz_score_figure(people, CLASS_NAMES), key="cmp_people")
+        n = people.overall.answers
+        st.caption(f"People, in Real or generated?: {n:,} answer{'s' * (n != 1)} about these weights (sha256 "
+                   f"{weights[:12]}…): {people.overall.describe()}; 50% is chance.")
+    else:
+        st.caption("People: no visitor has answered Real or generated? about this model's weights yet"
+                   + (f" ({quiz_error})" if quiz_error else "") + "; the quiz always shows the pretrained model.")
+if report is not None:
     c1, c2 = st.columns(2)
     with c1:
         show(class_histogram_figure(report["class_hist"]["generated"], report["class_hist"]["train_prior"]), key="cmp_classes")

@@ -18,6 +18,7 @@ from ddpm.data import CLASS_NAMES, DATA_CREDIT, to_hwc_numpy  # noqa: E402
 from ddpm.explain import describe_checkpoint, pick_patches  # noqa: E402
 from ddpm.serving.preview import PREVIEW_NAME, PREVIEW_SEED, home_request  # noqa: E402
 from ddpm.pipeline import PRIOR  # noqa: E402
+from ddpm.sampling_spec import EVERY_STEP  # noqa: E402
 from pages._shared import bundled_real_images, keep_training_alive, show  # noqa: E402
 from pages._models import model_picker, stored_preview  # noqa: E402
 from pages._pickers import SAMPLER_LABELS, tissue_picker  # noqa: E402
@@ -32,7 +33,8 @@ seed = st.session_state.setdefault("home_seed", PREVIEW_SEED)
 
 # The first view asks for what `python -m ddpm preview` sampled ahead of time; it is shown only if these very
 # weights made it with these very settings, else (and for any other seed, tissue or guidance) we sample live.
-request = home_request(model.checkpoint, seed, *((tissue.tissue, tissue.guidance) if tissue else ()))
+wanted = (tissue.tissue, tissue.guidance, tissue.interval or EVERY_STEP) if tissue else ()
+request = home_request(model.checkpoint, seed, *wanted)
 preview = stored_preview(model, request)
 if preview is not None:
     generated = preview.images

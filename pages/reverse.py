@@ -38,12 +38,12 @@ if model.conditional and asked is None:  # the form's defaults until the visitor
     asked = tissue
 run = (settings["spec"].fitted(T), settings["seed"], settings["n"])
 traj = cached_trajectory(model, *run, tissue=asked)
-key = (asked.tissue, asked.guidance) if asked else None
+key = asked.key if asked else None
 animation = caches().animations.get_or_compute((model.key, *run, key),
                                                lambda: denoising_animation_figure(traj.samples, traj.pred_x0, traj.timesteps))
 show(animation, key="rev_animation")
 st.caption(f"{SAMPLER_LABELS[traj.sampler]}, {traj.num_steps} network evaluations"
-           f"{' (each on a batch twice the size: conditional and unconditional)' if asked and asked.guidance not in (0, 1) else ''}, "
+           f"{' (those where guidance acts on a batch twice the size: conditional and unconditional)' if asked and asked.guidance not in (0, 1) else ''}, "
            f"seed {settings['seed']}, {model.label.lower()}{f', {asked.describe()}' if asked else ''}. "
            "Press ▶ or drag the slider: every frame is already computed.")
 

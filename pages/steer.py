@@ -74,7 +74,7 @@ tissue_a = m1.selectbox("From", range(len(CLASS_NAMES)), index=DEFAULTS["morph_a
 tissue_b = m2.selectbox("To", range(len(CLASS_NAMES)), index=DEFAULTS["morph_b"], format_func=CLASS_NAMES.__getitem__,
                         key="steer_morph_b")
 mo = cached_edit(model, EditRequest("morph", tissue_b=tissue_b, weights=MORPH_WEIGHTS), seed,
-                 Tissue(tissue_a, target.guidance))
+                 Tissue(tissue_a, target.guidance, target.interval))
 show(morph_animation_figure(mo.images, MORPH_WEIGHTS, CLASS_NAMES[tissue_a], CLASS_NAMES[tissue_b]), key="steer_morph")
 st.caption(f"{len(MORPH_WEIGHTS)} blends of one noise (seed {seed}), guidance {target.guidance:g}. Press ▶ or drag "
            "the slider: every frame is already computed.")

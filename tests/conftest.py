@@ -24,6 +24,15 @@ torch.set_num_threads(1)
 threadpool_limits(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def quiz_answers_in_a_throwaway_file(tmp_path_factory):
+    """The app's quiz answers (DDPM_QUIZ_DB) go to a file of this test session, never to ~/.local/share/ddpm; a test
+    may point it elsewhere."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DDPM_QUIZ_DB", str(tmp_path_factory.mktemp("quiz") / "quiz.sqlite3"))
+        yield
+
+
 @pytest.fixture
 def tiny_config() -> UNetConfig:
     """A two-level residual U-Net with attention at 14×14: every code path of ResUNet, ~72k parameters."""

@@ -6,9 +6,10 @@ the requests ``huggingface_hub`` makes.  Routes are a table of (method, regex, h
 * downloads: ``GET``/``HEAD /{repo_id}/resolve/{revision}/{filename}``, with the ``X-Repo-Commit``,
   ``ETag`` and ``Content-Length`` headers ``hf_hub_download`` requires, and 404s carrying the
   ``X-Error-Code`` it maps to RepositoryNotFound / RevisionNotFound / EntryNotFound;
-* uploads (``HfApi.create_repo`` + ``upload_folder``): ``POST /api/repos/create``,
-  ``/api/models/{repo_id}/preupload/{rev}`` (every file "regular", so no LFS/Xet) and
-  ``/api/models/{repo_id}/commit/{rev}`` (NDJSON with base64 file contents), and
+* uploads (``HfApi.create_repo`` + ``upload_folder``, or ``CommitScheduler``): ``POST /api/repos/create``,
+  ``/api/{models,datasets}/{repo_id}/preupload/{rev}`` (every file "regular", so no LFS/Xet) and
+  ``/api/{models,datasets}/{repo_id}/commit/{rev}`` (NDJSON with base64 file contents; model and dataset
+  repos share one namespace here), and
   ``POST /api/validate-yaml``, which ``upload_folder`` calls for a README.md (its YAML front matter
   must parse to a mapping, else a 400 with the Hub's ``errors`` list).
 
@@ -81,8 +82,8 @@ class FakeHub:
         self.route("GET", r"^/(?P<repo_id>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<filename>.+)$")(self._resolve)
         self.route("HEAD", r"^/(?P<repo_id>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<filename>.+)$")(self._resolve)
         self.route("POST", r"^/api/repos/create$")(self._create_repo)
-        self.route("POST", r"^/api/models/(?P<repo_id>[^/]+/[^/]+)/preupload/(?P<revision>[^/]+)$")(self._preupload)
-        self.route("POST", r"^/api/models/(?P<repo_id>[^/]+/[^/]+)/commit/(?P<revision>[^/]+)$")(self._commit)
+        self.route("POST", r"^/api/(?:models|datasets)/(?P<repo_id>[^/]+/[^/]+)/preupload/(?P<revision>[^/]+)$")(self._preupload)
+        self.route("POST", r"^/api/(?:models|datasets)/(?P<repo_id>[^/]+/[^/]+)/commit/(?P<revision>[^/]+)$")(self._commit)
         self.route("POST", r"^/api/validate-yaml$")(self._validate_yaml)
 
     # ---- repos --------------------------------------------------------------------------------

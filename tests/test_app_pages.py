@@ -414,6 +414,12 @@ def test_about_page_is_a_model_card():
 
 def test_every_page_is_reachable_by_its_url_path():
     at = open_page()
-    for page in ("forward", "reverse", "steer", "train", "compare", "about", "home"):
+    for page in ("forward", "reverse", "steer", "train", "quiz", "compare", "about", "home"):
         at.switch_page(f"pages/{page}.py").run()
         assert not at.exception and at.title[0].value
+
+
+def test_the_quiz_explains_that_it_needs_a_tissue_conditional_model():
+    at = open_page("quiz")  # this module's tiny model is unconditional
+    assert at.title[0].value == "Real or generated?" and not at.button
+    assert "needs a tissue-conditional model" in texts(at, "info") and "DDPM_MODEL" in texts(at, "info")

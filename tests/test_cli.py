@@ -236,7 +236,7 @@ def test_steps_for_epochs_counts_the_data_once_per_epoch_whatever_the_ranks():
 
 
 # ---- --help -----------------------------------------------------------------------------------------
-COMMANDS = ["train", "sample", "info", "pack-data", "download", "evaluate", "train-encoder", "push"]
+COMMANDS = ["train", "sample", "info", "pack-data", "download", "evaluate", "train-encoder", "push", "quiz-report"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -285,3 +285,12 @@ def test_shipped_model_sdedit_keeps_a_real_patch_at_low_strength_and_repaints_it
     high = editing.sdedit(shipped.model, shipped.schedule, patches[:2], 0.9, classes="adipose", num_steps=10)
     low_error, high_error = ((x - patches[:2]).abs().mean() for x in (low, high))
     assert low_error < 0.1 < high_error, (float(low_error), float(high_error))
+
+
+def test_edits_take_the_guidance_band_as_sampling_specs_have_it(model, schedule, patches):
+    """A band covering every step is guidance at every step; a narrow one changes the images."""
+    everywhere = editing.same_noise(model, schedule, guidance=3.0, **KW)
+    assert torch.equal(everywhere, editing.same_noise(model, schedule, guidance=3.0, guidance_interval=(0, T - 1), **KW))
+    assert not torch.equal(everywhere, editing.same_noise(model, schedule, guidance=3.0, guidance_interval=(0, 5), **KW))
+    low = editing.sdedit(model, schedule, patches, 1.0, classes=2, guidance=3.0, guidance_interval=(0, 5), **KW)
+    assert not torch.equal(low, editing.sdedit(model, schedule, patches, 1.0, classes=2, guidance=3.0, **KW))

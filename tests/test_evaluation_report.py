@@ -205,3 +205,16 @@ def test_a_report_with_requested_classes_adds_conditional_accuracy_and_the_per_t
     assert report["requested_hist"] == pytest.approx((np.bincount(requested.numpy(), minlength=9) / N_GENERATED).tolist())
     with pytest.raises(ValueError, match="one class per generated image"):
         evaluate_images(images, reference, encoder, with_floor=False, requested=requested[:-1])
+
+
+def test_a_report_without_memorization_skips_the_copy_search_and_keeps_the_other_metrics(reference, encoder):
+    images = reference.reference.images[-N_GENERATED:].clone()
+    requested = reference.reference.labels[-N_GENERATED:].clone()
+    full = evaluate_images(images, reference, encoder, with_floor=False, requested=requested)
+    quick = evaluate_images(images, reference, encoder, with_floor=False, requested=requested, with_memorization=False)
+    copies = {"memorization_share", "memorization_share_encoder", "median_nn_ratio", "median_nn_pixel_l2"}
+    assert copies <= set(full["metrics"]) and not copies & set(quick["metrics"])
+    assert "nearest" not in quick and "ratio_histogram" not in quick
+    assert all("memorization_share" not in row for row in quick["per_class"])
+    same = {k: v for k, v in full["metrics"].items() if k not in copies}
+    assert {k: quick["metrics"][k] for k in same} == same

@@ -144,5 +144,30 @@ def test_the_chosen_guidance_waits_for_the_whole_sweep_then_takes_the_lowest_fd(
     assert quality.chosen_guidance(unscored) is None
     other_rows = {"rows": {**full["rows"], "seed (paper) DDPM all steps": {"fd": 0.1}}}  # only sweep rows count
     assert quality.chosen_guidance(other_rows) == 2.0
-    assert quality.rows_for(None)[-1].guidance == quality.GUIDANCE_SWEEP[-1]  # before the choice: the sweep ends the table
-    assert {r.guidance for r in quality.rows_for(2.0)[2 + len(sweep):]} == {2.0}  # after: the later rows use it
+    assert quality.rows_for({"rows": {}})[-1].guidance == quality.GUIDANCE_SWEEP[-1]  # before the choice: the sweep ends
+    after = [r for r in quality.rows_for(full)[2 + len(sweep):] if r.band is None]
+    assert after and {r.guidance for r in after} == {2.0}  # after: the later rows use it, and so does the band sweep's reference
+
+
+def test_the_band_sweep_scores_a_coarse_grid_then_its_finalists_then_chooses_the_lowest_fd_at_the_tables_n(quality,
+                                                                                                    monkeypatch):
+    table = {"rows": {quality.sweep_row(g).name: {"fd": 5.0 - (g == 1.5)} for g in quality.GUIDANCE_SWEEP}}
+    coarse = quality.coarse_rows(1.5)
+    assert coarse[0].band is None and coarse[0].guidance == 1.5 and all(r.n == quality.COARSE_N for r in coarse)
+    assert [(r.guidance, r.band) for r in coarse[1:]] == list(quality.BAND_SWEEP)
+    assert set(coarse) <= set(quality.rows_for(table))
+    assert quality.finalist_rows(table) == [] and quality.chosen_row(table) == quality.sweep_row(1.5)
+    monkeypatch.setattr(quality, "FINALISTS", 2)
+    fds = dict(zip(coarse[1:], [3.5, 3.9, 3.0, 3.2]))  # (2.5, 30-130) then (2.5, 20-160) are the best two
+    table["rows"].update({r.name: {"fd": fd} for r, fd in fds.items()})
+    finalists = quality.finalist_rows(table)
+    assert [(r.guidance, r.band, r.n) for r in finalists] == [(2.5, (30, 130), None), (2.5, (20, 160), None)]
+    assert quality.chosen_setting(table) is None and quality.chosen_row(table) == quality.sweep_row(1.5)  # not scored yet
+    table["rows"][finalists[0].name] = {"fd": 3.3}
+    table["rows"][finalists[1].name] = {"fd": 3.1}
+    assert quality.chosen_setting(table) == (2.5, (20, 160))
+    assert quality.chosen_row(table).spec.guidance_interval == (20, 160)
+    steps = [r for r in quality.rows_for(table) if (r.guidance, r.band, r.n) == (2.5, (20, 160), quality.COARSE_N)]
+    assert sorted(r.steps for r in steps) == [20, 30, 50]
+    table["rows"].update({r.name: {"fd": 4.1} for r in finalists})  # worse than every-step guidance: no band
+    assert quality.chosen_setting(table) == (1.5, None) and quality.chosen_row(table) == quality.sweep_row(1.5)

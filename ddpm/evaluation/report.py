@@ -87,7 +87,7 @@ def conditional_accuracy(probs: np.ndarray, requested: np.ndarray) -> float:
 
 
 def per_class_metrics(ref_feats: np.ndarray, ref_labels: np.ndarray, feats: np.ndarray, probs: np.ndarray,
-                      requested: np.ndarray, copy_ratio: np.ndarray, train_feats: np.ndarray, train_labels: np.ndarray,
+                      requested: np.ndarray, copy_ratio: np.ndarray | None, train_feats: np.ndarray, train_labels: np.ndarray,
                       seed: int = 0) -> list[dict]:
     """Per tissue c: FD of the samples asked to be c against the reference patches of class c, the floor of
     that FD (as many training patches of class c), conditional accuracy and copy share. (A row per class.)"""
@@ -99,7 +99,8 @@ def per_class_metrics(ref_feats: np.ndarray, ref_labels: np.ndarray, feats: np.n
         row = {"class": name, "n": n}
         if n:
             row["conditional_accuracy"] = conditional_accuracy(probs[mine], requested[mine])
-            row["memorization_share"] = float((copy_ratio[mine] < COPY_RATIO).mean())
+            if copy_ratio is not None:
+                row["memorization_share"] = float((copy_ratio[mine] < COPY_RATIO).mean())
         ref_c = ref_feats[ref_labels == c]
         if n >= MIN_PER_CLASS and len(ref_c) >= MIN_PER_CLASS:
             row["fd"] = frechet_distance(ref_c, feats[mine])
@@ -115,11 +116,13 @@ def _rounded(d: dict) -> dict:
 
 def evaluate_images(generated: torch.Tensor, data: ReferenceData | None = None, encoder: TissueEncoder | None = None,
                     seed: int = 0, with_floor: bool = True, progress: bool = False, callback=None,
-                    requested: torch.Tensor | None = None) -> dict:
+                    requested: torch.Tensor | None = None, with_memorization: bool = True) -> dict:
     """The full report for generated uint8 images (N, 3, 28, 28): metrics, floor, centre shift, histograms.
 
     ``requested`` (N,): the tissue each sample was asked to be (a conditional model); adds the conditional
     accuracy and a per-tissue table. ``callback(fraction, message)`` reports progress for UIs.
+    ``with_memorization=False`` leaves out the search of every sample's nearest training patch (most of the
+    scoring time: a sweep's coarse rows compare settings of one model, whose copies the chosen row checks).
     """
     if generated.dtype != torch.uint8 or generated.ndim != 4 or generated.shape[1] != 3:
         raise ValueError(f"generated images must be uint8 (N, 3, H, W), got {generated.dtype} {tuple(generated.shape)}")
@@ -137,7 +140,8 @@ def evaluate_images(generated: torch.Tensor, data: ReferenceData | None = None, 
     prior = label_histogram(data.train.labels.numpy(), len(CLASS_NAMES))
     tell(0.35, "scoring generated patches")
     metrics = distribution_metrics(ref_feats, fake_feats, fake_probs, prior)
-    memo, pix = memorization_metrics(generated, fake_feats, data.train, train_feats, progress=progress)
+    memo, pix = (memorization_metrics(generated, fake_feats, data.train, train_feats, progress=progress)
+                 if with_memorization else ({}, None))
     if requested is not None:
         if requested.shape != (n,):
             raise ValueError(f"requested must hold one class per generated image ({n}), got {tuple(requested.shape)}")
@@ -153,14 +157,17 @@ def evaluate_images(generated: torch.Tensor, data: ReferenceData | None = None, 
         "class_hist": {"generated": class_histogram(fake_probs, len(CLASS_NAMES)).tolist(), "train_prior": prior.tolist()},
         "color_hist": {"generated": color_histograms(generated.numpy()).tolist(),
                        "reference": color_histograms(data.reference.images.numpy()).tolist()},
-        "nearest": {"index": pix.index[:NEAREST_SHOWN].tolist(), "pixel_l2": pix.distance[:NEAREST_SHOWN].round(4).tolist(),
-                    "ratio": pix.ratio[:NEAREST_SHOWN].round(4).tolist()},
-        "ratio_histogram": np.histogram(pix.ratio, bins=20, range=(0, 1))[0].tolist(),
     }
+    if pix is not None:
+        report["nearest"] = {"index": pix.index[:NEAREST_SHOWN].tolist(),
+                             "pixel_l2": pix.distance[:NEAREST_SHOWN].round(4).tolist(),
+                             "ratio": pix.ratio[:NEAREST_SHOWN].round(4).tolist()}
+        report["ratio_histogram"] = np.histogram(pix.ratio, bins=20, range=(0, 1))[0].tolist()
     if requested is not None:
         report["requested_hist"] = label_histogram(requested.numpy(), len(CLASS_NAMES)).tolist()
         report["per_class"] = per_class_metrics(ref_feats, data.reference.labels.numpy(), fake_feats, fake_probs,
-                                                requested.numpy(), pix.ratio, train_feats, data.train.labels.numpy(), seed)
+                                                requested.numpy(), None if pix is None else pix.ratio, train_feats,
+                                                data.train.labels.numpy(), seed)
     if with_floor:
         tell(0.6, "real-versus-real floor")
         g = torch.Generator().manual_seed(seed)
@@ -224,6 +231,8 @@ def sample_and_evaluate(model: torch.nn.Module, schedule, n: int, spec=None, *, 
                              callback=lambda f, message: tell(0.5 + 0.5 * f, f"evaluating: {message}"))
     report["sampling"] = {"sampler": spec.sampler, "steps": spec.num_model_calls(schedule.num_timesteps), "seed": seed,
                           "guidance": spec.guidance if requested is not None else None,
+                          **({"guidance_interval": list(spec.guidance_interval)}
+                             if spec.guidance_interval and requested is not None else {}),
                           **({"eta": spec.eta} if spec.eta else {}),
                           "seconds": round(seconds, 1), "seconds_per_1000": round(seconds * 1000 / n, 1),
                           "device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),

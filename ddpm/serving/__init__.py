@@ -9,5 +9,7 @@ deadline or one nobody waits for. Training runs in a spawned child process at th
 (``train_process``), started, watched and stopped by a thread of the server (``job_worker``) for the job
 registry (``jobs``, ``job_state``, ``train_request``). What a visitor may ask is ``server_limits``; checked
 uploads are ``uploads``; samples made ahead of time for a fast first view are ``preview``; finished results are
-kept per kind in ``result_cache``. No child process outlives the server: each watches its parent's pid.
+kept per kind in ``result_cache``. The "Real or generated?" quiz draws its generated patches from ``quiz_pool`` (made
+ahead of time, refilled through the same line) and keeps each round's answer key, and the answer rate limits, in
+``quiz_rounds``. No child process outlives the server: each watches its parent's pid.
 """

@@ -4,7 +4,7 @@ One network pass costs the FLOPs of ``limits.layers(config)``: each convolution 
 resolution it runs at (2·k²·C_in·C_out per pixel) and attention's QKᵀ and AV products (4·(HW)²·C), exactly what
 torch's FlopCounterMode counts (tests/test_cost.py); group norms, activations and additions are left out (a few
 percent). A request multiplies that by its network passes (``spec.num_model_calls(T)``) and its batch (n
-images, twice that under classifier-free guidance). An evaluation adds its scoring: the tissue encoder on the
+images, twice that for the passes classifier-free guidance acts on: every pass, or those inside its band). An evaluation adds its scoring: the tissue encoder on the
 generated and held-out patches, their nearest-neighbour searches over the training split (8 orientations in
 pixel space, and in feature space) and the metrics' products against the reference split.
 
@@ -51,9 +51,13 @@ class RequestCost:
     scoring_flops: float
     passes: int  # network evaluations per image
     images: int  # n
-    guided: bool  # each pass runs a batch of 2n (conditional and unconditional)
+    guided_passes: int  # of those, the passes that run a batch of 2n (conditional and unconditional)
     parameters: int
     sampler: str
+
+    @property
+    def guided(self) -> bool:
+        return self.guided_passes > 0
 
     @property
     def flops(self) -> float:
@@ -71,9 +75,10 @@ class RequestCost:
     def describe(self) -> str:
         """In words, e.g. "DDPM over 1000 steps × 32 images, each twice for guidance, on a 46 M-parameter network"."""
         name = SAMPLERS[self.sampler].label.split(" (")[0]
+        twice = ("" if not self.guided else ", each twice for guidance," if self.guided_passes == self.passes
+                 else f", {self.guided_passes} of the steps twice for guidance,")
         what = (f"{name} over {self.passes} step{'s' * (self.passes != 1)} × {self.images} image"
-                f"{'s' * (self.images != 1)}{', each twice for guidance,' if self.guided else ''} "
-                f"on a {_millions(self.parameters)}-parameter network")
+                f"{'s' * (self.images != 1)}{twice} on a {_millions(self.parameters)}-parameter network")
         if self.scoring_flops:
             what += f", then about {_gflop(self.scoring_flops)} GFLOP to score them"
         return what
@@ -131,8 +136,9 @@ def request_cost(model_config: Any, spec: SamplingSpec, n: int, num_timesteps: i
     """The FLOPs of sampling ``n`` images with ``spec`` (for a schedule of T = ``num_timesteps``): a "samples"
     grid, a "trajectory" (the same passes), an "evaluation" (plus its scoring) or an "edit" (``passes`` network
     calls on a batch of n, ``edit_request.EditRequest.network_calls``; otherwise the spec's). ``conditional``
-    defaults to whether the config has tissue classes; guidance doubles each pass's batch only for a conditional
-    model."""
+    defaults to whether the config has tissue classes; guidance doubles a pass's batch only for a conditional model,
+    and only for the passes inside its band (``spec.num_guided_calls``; an edit's passes are all counted as guided
+    when its spec is: an upper bound)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not (isinstance(n, int) and n >= 1):
@@ -141,11 +147,14 @@ def request_cost(model_config: Any, spec: SamplingSpec, n: int, num_timesteps: i
         raise ValueError(f"an edit, and only an edit, gives its network calls (a whole number ≥ 1), got {passes!r}")
     cfg = {**DEFAULTS, **(asdict(model_config) if is_dataclass(model_config) else model_config)}
     conditional = cfg.get("num_classes") is not None if conditional is None else conditional
-    guided = spec.is_guided(conditional)
-    passes = spec.num_model_calls(num_timesteps) if passes is None else passes
-    network = float(flops_per_pass(cfg)) * passes * n * (2 if guided else 1)
+    if passes is None:
+        passes = spec.num_model_calls(num_timesteps)
+        guided_passes = spec.num_guided_calls(num_timesteps, conditional)
+    else:
+        guided_passes = passes if spec.is_guided(conditional) else 0
+    network = float(flops_per_pass(cfg)) * (passes + guided_passes) * n
     scoring = scoring_flops(n, image_size=cfg["image_size"], channels=cfg["in_channels"]) if kind == "evaluation" else 0.0
-    return RequestCost(kind, network, scoring, passes, n, guided, parameter_count(cfg), spec.sampler)
+    return RequestCost(kind, network, scoring, passes, n, guided_passes, parameter_count(cfg), spec.sampler)
 
 
 def _advice(cost: RequestCost) -> str:
@@ -186,5 +195,5 @@ def deadline_s(cost: RequestCost | float, limits: ServerLimits) -> float:
     if not isinstance(cost, RequestCost):
         if not (isinstance(cost, (int, float)) and math.isfinite(cost) and cost >= 0):
             raise ValueError(f"a request's cost must be a finite number of FLOPs ≥ 0, got {cost!r}")
-        cost = RequestCost("samples", float(cost), 0.0, 0, 0, False, 0, "dpmpp")
+        cost = RequestCost("samples", float(cost), 0.0, 0, 0, 0, 0, "dpmpp")
     return min(limits.request_deadline_s, max(DEADLINE_FLOOR_S, DEADLINE_FACTOR * cost.expected_s))

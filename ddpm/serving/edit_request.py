@@ -132,7 +132,8 @@ def run_edit(checkpoint, request, report: Callable[[float], None]) -> EditResult
         done[0] += 1
         report(done[0] / total)
 
-    common = dict(guidance=spec.guidance, seed=request.seed, num_steps=steps, callback=callback, **kw)
+    common = dict(guidance=spec.guidance, guidance_interval=spec.guidance_interval, seed=request.seed, num_steps=steps,
+                  callback=callback, **kw)
     if edit.op in ("sdedit", "inpaint"):
         real = _bundled()
         if edit.patch >= len(real):

@@ -58,12 +58,15 @@ def weights_fingerprint(folder: str | os.PathLike) -> str:
 
 
 def home_request(checkpoint: Checkpoint, seed: int = PREVIEW_SEED, tissue: int | str = PRIOR,
-                 guidance: float | None = None, n: int = PREVIEW_COUNT) -> PreviewRequest:
-    """What Home samples: the checkpoint's recommended sampler and steps, its recommended guidance unless
-    ``guidance`` is given (1 for an unconditional model, which has none), ``tissue`` a class index or PRIOR."""
+                 guidance: float | None = None, guidance_interval: tuple[int, int] | None = None,
+                 n: int = PREVIEW_COUNT) -> PreviewRequest:
+    """What Home samples: the checkpoint's recommended sampler and steps, its recommended guidance and band unless
+    ``guidance`` or ``guidance_interval`` is given (1 for an unconditional model, which has none), ``tissue`` a class
+    index or PRIOR."""
     if checkpoint.model_config.num_classes is None:
-        tissue, guidance = PRIOR, 1.0
-    spec = checkpoint.sampling.replace(guidance=guidance).fitted(checkpoint.schedule.num_timesteps)
+        tissue, guidance, guidance_interval = PRIOR, 1.0, None
+    spec = checkpoint.sampling.replace(guidance=guidance, guidance_interval=guidance_interval)
+    spec = spec.fitted(checkpoint.schedule.num_timesteps)
     return PreviewRequest(spec, seed, n, str(tissue))
 
 
@@ -90,7 +93,7 @@ def write_preview(folder: str | os.PathLike, preview: Preview) -> Path:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, images=preview.images, classes=preview.classes, sampler=spec.sampler,
                         steps=-1 if spec.steps is None else spec.steps, guidance=spec.guidance, eta=spec.eta,
-                        seed=r.seed, tissue=r.tissue,
+                        guidance_interval=np.array(spec.guidance_interval or (-1, -1), np.int64), seed=r.seed, tissue=r.tissue,
                         precision=preview.precision, fingerprint=preview.fingerprint)
     path = Path(folder) / PREVIEW_NAME
     atomic_write_bytes(path, buffer.getvalue())
@@ -102,8 +105,9 @@ def load_preview(path: str | os.PathLike) -> Preview:
     try:
         with np.load(path, allow_pickle=False) as f:
             steps = int(f["steps"])
+            band = [int(v) for v in f["guidance_interval"]] if "guidance_interval" in f.files else [-1, -1]
             spec = SamplingSpec(str(f["sampler"]), None if steps < 0 else steps, float(f["guidance"]),
-                                float(f["eta"]) if "eta" in f.files else 0.0)
+                                float(f["eta"]) if "eta" in f.files else 0.0, None if band[0] < 0 else tuple(band))
             request = PreviewRequest(spec, int(f["seed"]), int(f["images"].shape[0]), str(f["tissue"]))
             return Preview(f["images"], f["classes"], request, str(f["precision"]), str(f["fingerprint"]))
     except (OSError, KeyError, ValueError) as err:

@@ -41,10 +41,12 @@ PAGES = {
     "reverse": ("reverse", "Reverse denoising", ["rev_animation", "rev_step"]),
     "steer": ("steer", "Steer tissue", []),  # STEER_CHARTS with a tissue-conditional model; a message otherwise
     "train": ("train", "Train", []),  # the loss chart appears once a run starts
+    "quiz": ("quiz", "Real or generated?", []),  # its round appears once the first generated patches are made
     "compare": ("compare", "Compare", ["cmp_pairs", "cmp_memo"]),
     "about": ("about", "About this model", []),
 }
-NAV_TITLES = ["Home", "Forward diffusion", "Reverse denoising", "Steer tissue", "Train", "Compare", "About / model card"]
+NAV_TITLES = ["Home", "Forward diffusion", "Reverse denoising", "Steer tissue", "Train", "Real or generated?",
+              "Compare", "About / model card"]
 #: The charts the Steer tissue page draws with a tissue-conditional model (the tests' tiny model is unconditional)
 STEER_CHARTS = ["steer_sdedit", "steer_strengths", "steer_inpaint", "steer_morph", "steer_tissues"]
 
@@ -65,7 +67,7 @@ def free_port() -> int:
 
 def write_tiny_model(folder: Path, num_classes: int | None = None) -> Path:
     """The paper's small network with T = 20 (as in tests/test_app_pages.py): every page renders in about a second.
-    With ``num_classes`` it is tissue-conditional, its weights perturbed so that the tissues differ."""
+    With ``num_classes``, a tissue-conditional one (5 DPM-Solver++ steps recommended)."""
     import torch
 
     from ddpm.checkpoints import make_config, save_checkpoint
@@ -75,12 +77,8 @@ def write_tiny_model(folder: Path, num_classes: int | None = None) -> Path:
     torch.manual_seed(0)
     cfg = UNetConfig(architecture="seed", channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(),
                      num_classes=num_classes)
-    model = build_unet(cfg)
-    if num_classes is not None:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-    save_checkpoint(folder, model, make_config(cfg, ScheduleConfig(num_timesteps=20), preset="seed"))
+    extra = {"sampling": {"sampler": "dpmpp", "steps": 5, "guidance": 2.0}} if num_classes else {}
+    save_checkpoint(folder, build_unet(cfg), make_config(cfg, ScheduleConfig(num_timesteps=20), preset="seed", **extra))
     return folder
 
 

@@ -7,6 +7,7 @@ test-artifacts/e2e/.
 """
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -165,6 +166,62 @@ def test_steer_page_with_a_conditional_model_scrubs_its_strengths_and_animates_t
                                    "._transitionData._frames.length")  # Plotly.js keeps a figure's frames there
             assert frames == 9
             page.screenshot(path=artifacts / "steer-conditional.png", full_page=True)
+            assert_no_errors(page)
+        finally:
+            context.close()
+
+
+#: The main area's HTML with what may differ between rounds without telling the side masked: the image's data (the
+#: pixels) and the random id Plotly.js gives each drawn plot.
+JS_QUIZ_PAGE = """() => { const main = document.querySelector('[data-testid=stMain]');
+  const plot = main.querySelector('.st-key-quiz_round:not([data-retained]) .js-plotly-plot');
+  return main.outerHTML.replace(/data:image\\/png;base64,[A-Za-z0-9+\\/=]+/g, 'IMAGE').split(plot._fullLayout._uid).join('UID') }"""
+
+
+def test_ten_quiz_rounds_are_stored_and_nothing_in_the_page_tells_the_side_before_the_answer(chromium, app_env,
+                                                                                             tmp_path_factory, artifacts):
+    from ddpm.data import CLASS_NAMES
+    from ddpm.quiz import QuizDB
+    from ddpm.serving.quiz_rounds import ANSWER_EVERY_S
+
+    folder = tmp_path_factory.mktemp("e2e-quiz")
+    env = {**app_env, "DDPM_MODEL": str(write_tiny_model(folder / "model", num_classes=9)),
+           "DDPM_DATA_DIR": str(folder / "no-data"), "DDPM_QUIZ_DB": str(folder / "quiz.sqlite3")}
+    with AppServer(env, log_path=artifacts / "server-quiz.log") as server:
+        context = chromium.new_context(viewport=VIEWPORT)
+        try:
+            page = context.new_page()
+            page.page_errors = []
+            page.on("pageerror", lambda err: page.page_errors.append(str(err)))
+            page.goto(f"{server.url}/quiz")
+            expect(page.locator("h1").first).to_have_text("Real or generated?", timeout=LOAD_MS)
+            before, said, generated, answered_at = [], [], [], -ANSWER_EVERY_S
+            for i in range(10):
+                page.wait_for_selector(chart_selector("quiz_round"), state="visible", timeout=LOAD_MS)
+                expect(keyed(page, "quiz_left", "button")).to_be_visible(timeout=LOAD_MS)
+                page.wait_for_function(f"() => ({JS_IDLE})() && !document.querySelector('[data-stale=true]')",
+                                       timeout=LOAD_MS)
+                html = page.evaluate(JS_QUIZ_PAGE)
+                for name in sorted(CLASS_NAMES, key=len, reverse=True):  # the tissue is no secret: it changes by round
+                    html = html.replace(name, "TISSUE")
+                before.append(html)
+                said.append(("left", "right")[i % 2])
+                time.sleep(max(0.0, answered_at + ANSWER_EVERY_S + 0.2 - time.monotonic()))  # the server's rate limit
+                keyed(page, f"quiz_{said[-1]}", "button").click()
+                answered_at = time.monotonic()
+                verdict = page.get_by_text(re.compile(r"the generated patch is on the (left|right)\."))
+                expect(verdict).to_be_visible(timeout=LOAD_MS)
+                generated.append(re.search(r"on the (left|right)\.", verdict.inner_text()).group(1))
+                if i < 9:
+                    keyed(page, "quiz_next", "button").click()
+                    expect(keyed(page, "quiz_next")).to_have_count(0, timeout=LOAD_MS)
+            right = sum(s == g for s, g in zip(said, generated))
+            expect(page.get_by_text(f"You: {right} of 10 right")).to_be_visible()
+            page.wait_for_selector(chart_selector("quiz_scores"), state="visible", timeout=LOAD_MS)
+            page.screenshot(path=artifacts / "quiz-ten-rounds.png", full_page=True)
+            rows = QuizDB(folder / "quiz.sqlite3").rows_after(0)
+            assert [r["answer"] for r in rows] == said and [r["generated_side"] for r in rows] == generated
+            assert len(set(before)) == 1, "before the answer, the page differed between rounds in more than the pixels"
             assert_no_errors(page)
         finally:
             context.close()
