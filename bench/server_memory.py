@@ -101,18 +101,19 @@ def serve(hold_s: float) -> None:
 
 
 # ---- the measurement ---------------------------------------------------------------------------------
-def tree(root: int) -> list[int]:
-    """``root`` and all its descendants."""
-    pids, todo = [], [root]
+def tree(root: int) -> dict[int, int]:
+    """``root`` and all its descendants, each with its parent's pid."""
+    parents, todo = {root: 0}, [root]
     while todo:
         pid = todo.pop()
-        pids.append(pid)
         try:
             for task in Path(f"/proc/{pid}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
+                for child in (task / "children").read_text().split():
+                    parents[int(child)] = pid
+                    todo.append(int(child))
         except OSError:
             continue
-    return pids
+    return parents
 
 
 def memory_kb(pid: int) -> dict[str, int] | None:
@@ -129,29 +130,35 @@ def memory_kb(pid: int) -> dict[str, int] | None:
     return values or None
 
 
-def role(pid: int, root: int) -> str:
-    """What a process of the server's tree is, from its command line and its priority."""
-    if pid == root:
-        return "server"
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
-    except OSError:
-        return "gone"
-    if "resource_tracker" in cmd:
-        return "resource tracker"
-    if "forkserver" in cmd:
-        return "forkserver"
-    return "training (nice 19)" if nice >= 19 else "heavy-lane worker (nice 10)" if nice >= 10 else "sampling worker"
+def roles(root: int) -> dict[int, str]:
+    """What each process of the server's tree is: the server, the forkserver, the resource tracker, or a child
+    the server started (forked from the forkserver, or spawned), told apart by its priority."""
+    found = {}
+    for pid, parent in tree(root).items():
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        except OSError:
+            continue
+        if pid == root:
+            found[pid] = "server"
+        elif "resource_tracker" in cmd:
+            found[pid] = "resource tracker"
+        elif "forkserver" in cmd and parent == root:
+            found[pid] = "forkserver"
+        else:
+            found[pid] = ("training (nice 19)" if nice >= 19 else "heavy-lane worker (nice 10)" if nice >= 10
+                          else "sampling worker")
+    return found
 
 
 def sample(root: int) -> dict:
     """One reading: every process of the tree (role, kB) and the tree's totals."""
     processes = []
-    for pid in tree(root):
+    for pid, what in roles(root).items():
         kb = memory_kb(pid)
         if kb is not None:
-            processes.append({"pid": pid, "role": role(pid, root), **kb})
+            processes.append({"pid": pid, "role": what, **kb})
     return {"processes": processes, "rss_kb": sum(p["Rss"] for p in processes),
             "pss_kb": sum(p["Pss"] for p in processes)}
 
