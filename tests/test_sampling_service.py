@@ -211,17 +211,6 @@ def test_a_child_forked_without_the_preload_says_so_in_the_log(tmp_path, where):
     assert warned == (where == "elsewhere"), out.stderr[-2000:]
 
 
-def test_the_forkserver_preload_starts_no_thread_and_freezes_what_it_imported():
-    """A fork keeps only the forking thread: the preload must leave the forkserver with one (numpy's OpenBLAS pool,
-    the one thread an import starts, is held to none here; OpenBLAS stops it itself before a fork)."""
-    code = "import gc, os, ddpm.serving.preload; print(len(os.listdir('/proc/self/task')), gc.get_freeze_count())"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    threads, frozen = map(int, out.stdout.split())
-    assert threads == 1
-    assert frozen > 10_000  # torch's objects, out of the collector's reach: its writes would unshare their pages
-
 
 def test_a_heavy_request_runs_in_its_own_lane_at_a_lower_priority_and_never_holds_up_generate(service, tiny):
     _, payload = tiny

@@ -22,7 +22,7 @@ import torch
 from ..checkpoints import WEIGHTS_NAME, Checkpoint
 from ..training import TrainProgress
 from .job_state import Job
-from .processes import context
+from .processes import child, context
 from .server_limits import ServerLimits
 from .train_process import InitWeights, RunSpec, main, shared_copy, train_threads
 
@@ -56,11 +56,9 @@ def spawn(job: Job, device: str, images: torch.Tensor, init: Checkpoint | None, 
         weights = InitWeights(init.model_config, init.schedule_config,
                               {k: v.detach().clone() for k, v in init.model.state_dict().items()})
     spec = RunSpec(job.request, job.out_dir, device, data_source, train_threads(), weights)
-    ctx = context()  # forked from the forkserver, never from the server (whose torch already started threads)
-    receive, send = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=main, args=(send, job.stop_event, os.getpid(), spec, shared_copy(images),
-                                             shared_copy(labels)),
-                          daemon=True, name=f"ddpm-train-{job.id[:8]}")
+    receive, send = context().Pipe(duplex=False)
+    process = child(main, (send, job.stop_event, os.getpid(), spec, shared_copy(images), shared_copy(labels)),
+                    f"ddpm-train-{job.id[:8]}")
     process.start()  # the copies travel as shared-memory handles; start() drops its references to them
     send.close()  # ours: the child's end closing (or dying) is then an EOF here
     return process, receive

@@ -5,8 +5,9 @@ first child, that imports torch and the code the children run once (``preload``)
 child shares those pages with the forkserver and its siblings instead of holding its own copy of torch (about
 150 MB each; bench/results/server_memory.md). The forkserver runs no thread of its own (``preload`` says why),
 so a fork from it is as safe as a spawn; a fork of the server itself is not (torch's and Streamlit's threads do
-not survive one). The forkserver ends when the server does (the end of a pipe only the server holds), and each
-child ends when its parent changes (``watch_parent``).
+not survive one). A child gets the server's environment of the moment it starts, as a spawned one would
+(``child``). The forkserver ends when the server does (the end of a pipe only the server holds), and each child
+ends when its parent changes (``watch_parent``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
+from typing import Callable
 
 WATCH_EVERY_S = 0.5
 PRELOAD = "ddpm.serving.preload"  # imported once by the forkserver, before any fork
@@ -30,6 +32,19 @@ def context() -> mp.context.BaseContext:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([PRELOAD])  # used when the forkserver starts (the first child): set before then
     return ctx
+
+
+def child(target: Callable[..., None], args: tuple, name: str) -> mp.process.BaseProcess:
+    """A daemon child process of the server, to be started now, that runs ``target(*args)`` with the server's
+    environment of this moment, as a spawned child would (a forked one has the forkserver's: the server's when
+    the forkserver started)."""
+    return context().Process(target=_with_environment, args=(dict(os.environ), target, *args), daemon=True, name=name)
+
+
+def _with_environment(environment: dict[str, str], target: Callable[..., None], *args) -> None:
+    os.environ.clear()
+    os.environ.update(environment)
+    target(*args)
 
 
 def check_preloaded() -> None:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Hashable
 
 from dataclasses import dataclass
 
-from .processes import context
+from .processes import child, context
 from .queue import FairQueue, Position, RequestCancelled, Ticket
 from .sampling_worker import ModelPayload, SampleRequest, serve
 
@@ -67,9 +67,8 @@ class _Worker:
         ctx = context()
         parent_end, child_end = ctx.Pipe()
         self.cancel_event = ctx.Event()
-        self.process = ctx.Process(target=serve, args=(child_end, self.cancel_event, self.service.threads, os.getpid(),
-                                                       self.nice),
-                                   daemon=True, name=f"ddpm-sampling-worker-{self.index}")
+        self.process = child(serve, (child_end, self.cancel_event, self.service.threads, os.getpid(), self.nice),
+                             f"ddpm-sampling-worker-{self.index}")
         self.process.start()
         child_end.close()
         self.conn, self.known = parent_end, set()
