@@ -16,7 +16,9 @@ size, /proc/PID/smaps_rollup). RSS counts a page shared by several processes onc
 libraries mapped by each, pages a forked child still shares with its parent); PSS divides each shared page
 among its sharers, so the PSS of a process tree is the memory it really holds. Both totals are reported;
 PSS is the honest one. The server's own growth with many browser sessions (Streamlit's session state, the
-result caches) is not here: bench/crowd_check.py measures the whole.
+result caches) is not here: bench/crowd_check.py measures the whole. Nor is what the real server's children
+paid for its main script, app.py, which multiprocessing imports again in each of them (a Streamlit import each,
+until app.py ran only as Streamlit's ``__main__``): the stand-in's main script is this light one.
 """
 from __future__ import annotations
 
