@@ -18,8 +18,11 @@ model); one visitor starts a training run on Train and keeps it going through ev
 The server writes one JSON line per finished request (DDPM_REQUEST_LOG): how long it waited in line and how
 long it computed, measured on the server, so the browser's own CPU (it shares these 2 cores here, not on a
 real Space) can be told apart. Beside the latencies the table prints the physical line N × solo: with one
-sampling worker nobody can do better than being served one after another. The server's memory (VmRSS of it
-and its children) is sampled every 0.5 s, and the trainer's loss curve is read before and after each phase
+sampling worker nobody can do better than being served one after another. The server's memory is sampled every
+0.5 s: for it and every descendant (its forkserver and the children forked from it), PSS and RSS from
+/proc/PID/smaps_rollup (bench/server_memory.py). The tree's PSS is the memory it really holds, each page shared
+by several processes (torch, imported once by the forkserver) counted once; the summed RSS counts such a page
+once per process. The 2 GiB target is on the PSS. The trainer's loss curve is read before and after each phase
 (the run must keep making progress). Stop other work first. Exit status 1 if any visitor failed.
 """
 from __future__ import annotations
@@ -40,10 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from app_server import (ARTIFACTS, CHROMIUM_ARGS, FIRST_LOAD_MS, JS_POINTS, VIEWPORT, AppServer,  # noqa: E402
                         chart_selector, find_chromium, key_selector)
-from load_check import ACTION_MS, Session, check_page, idle, open_page, run_trainer, sample_memory  # noqa: E402
+from load_check import ACTION_MS, Session, check_page, idle, open_page, run_trainer  # noqa: E402
+from server_memory import roles, sample  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SERVER_ENV = {"DDPM_HOSTED": "1"}
+TARGET_MIB = 2048  # the server's memory (PSS of its process tree) with 32 visitors
+SETUP = "opening and starting the training run"
 
 
 def renice_browser(nice: int) -> int:
@@ -127,28 +133,33 @@ def server_side(log_path: Path, seeds: set[int]) -> list[dict]:
 def cpu_by_process(root_pid: int) -> dict[str, float]:
     """CPU seconds (user + system) used so far by the server and each of its descendants, by role."""
     ticks = os.sysconf("SC_CLK_TCK")
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     used: dict[str, float] = {}
-    todo = [root_pid]
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
+    for pid, role in roles(root_pid).items():
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        nice = int(fields[16])
-        role = ("server" if pid == root_pid else "other child" if "spawn_main" not in cmd
-                else "training (nice 19)" if nice >= 19 else "heavy-lane worker" if nice > 0 else "sampling worker")
         used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
     return used
+
+
+async def sample_memory(pid: int, t0: float, phase: dict, series: list, peaks: dict, stop: asyncio.Event) -> None:
+    """Every 0.5 s: the tree's PSS and RSS (MiB) into ``series``; per phase (``phase["name"]``), the reading of the
+    highest PSS with every process in it, into ``peaks``."""
+    while not stop.is_set():
+        reading = sample(pid)
+        pss, rss = round(reading["pss_kb"] / 1024, 1), round(reading["rss_kb"] / 1024, 1)
+        series.append((round(time.perf_counter() - t0, 2), pss, rss))
+        name = phase["name"]
+        if name not in peaks or pss > peaks[name]["pss_mb"]:
+            peaks[name] = {"pss_mb": pss, "rss_mb": rss, "processes": [
+                {"role": p["role"], "pss_mb": round(p["Pss"] / 1024, 1), "rss_mb": round(p["Rss"] / 1024, 1)}
+                for p in reading["processes"]]}
+        peaks[name]["rss_peak_mb"] = max(rss, peaks[name].get("rss_peak_mb", 0.0))
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except asyncio.TimeoutError:
+            pass
 
 
 def machine_cpu_s() -> float:
@@ -172,9 +183,11 @@ async def run(args) -> dict:
     ARTIFACTS.mkdir(exist_ok=True)
     server = AppServer({**SERVER_ENV, "DDPM_REQUEST_LOG": str(log_path)},
                        log_path=ARTIFACTS / "crowd_check-server.log").start()
-    memory: list[tuple[float, float]] = []
+    memory: list[tuple[float, float, float]] = []
+    peaks: dict[str, dict] = {}
+    now = {"name": SETUP}  # the phase under way, for the memory sampler
     stop = asyncio.Event()
-    sampler = asyncio.create_task(sample_memory(server.pid, server.started_at, memory, stop))
+    sampler = asyncio.create_task(sample_memory(server.pid, server.started_at, now, memory, peaks, stop))
     phases, trainer = [], Session("trainer", "trainer")
     load_start = os.getloadavg()
     try:
@@ -200,6 +213,7 @@ async def run(args) -> dict:
             solo_ctx = await browser.new_context(viewport=VIEWPORT)
             solo_page = await solo_ctx.new_page()
             solo = Session("solo visitor", "sampler")
+            now["name"] = "solo"
             await open_page(solo_page, server.url, "reverse")
             before = await training_points(train_page)
             solo_times = [await generate(solo, solo_page, 500 + i, "solo generate") for i in range(args.solo)]
@@ -210,6 +224,7 @@ async def run(args) -> dict:
                            "errors": solo.errors})
 
             before = await training_points(train_page)
+            now["name"] = "solo, beside the costliest request"
             heavy_ctx = await start_costliest_request(browser, server.url)
             await asyncio.sleep(5)  # the evaluation is under way in its lane
             during = Session("solo visitor during the costliest request", "sampler")
@@ -225,6 +240,7 @@ async def run(args) -> dict:
 
             for k, n in enumerate(args.crowds):
                 first_seed = 10_000 * (k + 1)
+                now["name"] = f"crowd of {n}"
                 before = await training_points(train_page)
                 t0 = time.perf_counter()
                 cpu0, machine0 = cpu_by_process(server.pid), machine_cpu_s()
@@ -239,6 +255,7 @@ async def run(args) -> dict:
                                "cpu_s": {**{role: round(cpu1.get(role, 0) - cpu0.get(role, 0), 1) for role in cpu1},
                                          "whole machine": round(machine1 - machine0, 1)},
                                "ok": all(s.result and not s.errors for s in sessions)})
+            now["name"] = "after the crowds"
             training.cancel()
             await browser.close()
     finally:
@@ -251,7 +268,7 @@ async def run(args) -> dict:
                            "compute": stats(r["compute_s"] for r in rows if r["compute_s"] is not None),
                            "statuses": sorted({r["status"] for r in rows})}
         phase["solo_line_s"] = round(phase["n"] * solo_s, 2)
-    return {"phases": phases, "solo_s": solo_s, "memory": memory, "trainer": trainer,
+    return {"phases": phases, "solo_s": solo_s, "memory": memory, "memory_peaks": peaks, "trainer": trainer,
             "load": [load_start, os.getloadavg()]}
 
 
@@ -265,11 +282,14 @@ def main() -> None:
     parser.add_argument("--browser-nice", type=int, default=0, help="run Chromium at this nice level: a visitor's browser "
                         "runs on their own machine, not on the Space's cores (default 0: it competes with the server)")
     parser.add_argument("--note", default="", help="what else ran on the machine")
+    parser.add_argument("--out", default="crowd_check", help="name of the result files in bench/results")
     args = parser.parse_args()
     if find_chromium() is None:
         sys.exit("no Chromium found: apt-get install chromium")
     out = asyncio.run(run(args))
-    rss = [mb for _, mb in out["memory"]]
+    series = out["memory"]
+    pss, rss = [r[1] for r in series], [r[2] for r in series]
+    at_peak = max(out["memory_peaks"], key=lambda name: out["memory_peaks"][name]["pss_mb"])
     report = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.machine(), "cpu_cores": os.cpu_count(),
                        "server_env": SERVER_ENV, "model": "shipped default (checkpoints/default), offline",
                        "training": {"preset": args.train_preset, "steps": args.train_steps, "batch": args.train_batch},
@@ -281,11 +301,16 @@ def main() -> None:
               "phases": out["phases"],
               "all_ok": all(p.get("ok", True) and not p["errors"] for p in out["phases"]),
               "trainer": {"actions": out["trainer"].actions, "errors": out["trainer"].errors},
-              "memory": {"unit": "MiB, VmRSS of the server process and its children", "start_mb": rss[0],
-                         "peak_mb": max(rss), "end_mb": rss[-1]}}
+              "memory": {"unit": "MiB of the server and all its descendants, from /proc/PID/smaps_rollup: PSS (each "
+                                 "shared page counted once, split among its sharers) and RSS (summed VmRSS: a shared "
+                                 "page counted once per process)",
+                         "target_mib": TARGET_MIB, "target_on": "PSS", "peak_pss_mb": max(pss), "peak_rss_mb": max(rss),
+                         "peak_phase": at_peak, "start_pss_mb": pss[0], "start_rss_mb": rss[0], "end_pss_mb": pss[-1],
+                         "end_rss_mb": rss[-1], "by_phase": out["memory_peaks"],
+                         "series_s_pss_rss": series}}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "crowd_check.json").write_text(json.dumps(report, indent=1) + "\n")
-    (RESULTS / "crowd_check.md").write_text(markdown(report) + "\n")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (RESULTS / f"{args.out}.md").write_text(markdown(report) + "\n")
     print(markdown(report))
     sys.exit(0 if report["all_ok"] else 1)
 
@@ -300,8 +325,8 @@ def markdown(r: dict) -> str:
              f"{m.get('browser_nice', 0)}. Load average (1 min) at start "
              f"and end: {m['load_average_1min_start_end']}. {m['note']}", "",
              f"One visitor's solo time in this run (median of the solo phase): **{r['solo_s']:.2f} s**. "
-             f"All visitors got their result without an error: **{'yes' if r['all_ok'] else 'NO'}**. Server memory "
-             f"peak {r['memory']['peak_mb']:.0f} MiB ({r['memory']['unit']}).", "",
+             f"All visitors got their result without an error: **{'yes' if r['all_ok'] else 'NO'}**. "
+             + memory_summary(r["memory"]), "",
              "| phase | median (s) | last (s) | N × solo (s) | median / (N × solo) | last / (N × solo) | server: queued median / max (s) | server: computing median (s) | training loss points before → after |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for p in r["phases"]:
@@ -314,11 +339,30 @@ def markdown(r: dict) -> str:
     lines.append("\nCPU seconds used during each crowd (opening the pages, pressing Generate, drawing the results), by "
                  "process: " + "; ".join(f"{p['name']}: " + ", ".join(f"{k} {v:.0f}" for k, v in p["cpu_s"].items())
                                         for p in r["phases"] if "cpu_s" in p) + ".")
+    by_phase = r["memory"].get("by_phase", {})
+    if by_phase:
+        lines += ["", "| phase | server memory peak: PSS (MiB) | RSS (MiB) | at the PSS peak, by process: PSS / RSS (MiB) |",
+                  "|---|---:|---:|---|"]
+    for name, peak in by_phase.items():
+        each = "; ".join(f"{p['role']} {p['pss_mb']:.0f} / {p['rss_mb']:.0f}" for p in peak["processes"])
+        lines.append(f"| {name} | {peak['pss_mb']:.0f} | {peak['rss_peak_mb']:.0f} | {each} |")
     for p in r["phases"]:
         if p.get("latencies_s"):
             lines.append(f"\n{p['name']}, every visitor's wait from the browser (s): {', '.join(map(str, p['latencies_s']))}"
                          + (f"; errors: {'; '.join(p['errors'])}" if p["errors"] else ""))
     return "\n".join(lines)
+
+
+def memory_summary(memory: dict) -> str:
+    """One sentence: the server's memory peak, PSS (the target's measure) and RSS."""
+    if "peak_pss_mb" not in memory:  # a run from before PSS was measured
+        return f"Server memory peak {memory['peak_mb']:.0f} MiB ({memory['unit']})."
+    verdict = "under" if memory["peak_pss_mb"] < memory["target_mib"] else "**over**"
+    return (f"Server memory peak (the server and every process under it): **{memory['peak_pss_mb']:.0f} MiB PSS**, "
+            f"{verdict} the {memory['target_mib'] / 1024:g} GiB target (PSS counts each page once, however many "
+            f"processes share it: torch, imported once by the forkserver its children are forked from), reached in "
+            f"phase \"{memory['peak_phase']}\"; summed RSS peak {memory['peak_rss_mb']:.0f} MiB (a shared page "
+            f"counted once per process).")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ WRITERS = {"train_speed": "bench/train_speed.py", "quality": "bench/quality.py",
            "startup_time": "bench/startup_time.py", "gpu_speed": "bench/gpu_speed.py",
            "screenshots": "bench/screenshots.py", "guided_speed": "bench/guided_speed.py",
            "crowd_check": "bench/crowd_check.py", "batching_check": "bench/batching_check.py",
-           "request_cost": "bench/request_cost.py",
+           "request_cost": "bench/request_cost.py", "server_memory": "bench/server_memory.py",
            "quiz": "-m ddpm quiz-report --db <the server's quiz.sqlite3> > bench/results/quiz.md"}
 
 

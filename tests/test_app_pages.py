@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -423,3 +425,11 @@ def test_the_quiz_explains_that_it_needs_a_tissue_conditional_model():
     at = open_page("quiz")  # this module's tiny model is unconditional
     assert at.title[0].value == "Real or generated?" and not at.button
     assert "needs a tissue-conditional model" in texts(at, "info") and "DDPM_MODEL" in texts(at, "info")
+
+
+def test_a_child_process_of_the_server_importing_app_py_again_runs_nothing_and_imports_no_streamlit():
+    """multiprocessing runs the server's main script again in every child it starts, as ``__mp_main__``."""
+    code = "import runpy, sys; runpy.run_path('app.py', run_name='__mp_main__'); print('streamlit' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(APP).parent, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

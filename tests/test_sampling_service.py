@@ -129,9 +129,10 @@ SERVER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
     from ddpm.serving.sampling_service import SamplingService
-    svc = SamplingService(workers=2, threads=1)
-    print(*svc.worker_pids, flush=True)
-    time.sleep(float(sys.argv[1]))
+    if __name__ == "__main__":  # a child imports this file again, as multiprocessing does
+        svc = SamplingService(workers=2, threads=1)
+        print(*svc.worker_pids, flush=True)
+        time.sleep(float(sys.argv[1]))
 """)
 
 
@@ -151,18 +152,64 @@ def _wait_gone(pids: list[int], seconds: float = 15.0) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
 @pytest.mark.parametrize("how", ["exits", "is killed"])
-def test_no_worker_outlives_its_server(tmp_path, how):
+def test_no_worker_nor_the_forkserver_outlives_its_server(tmp_path, how):
     script = tmp_path / "server.py"
     script.write_text(SERVER.format(root=str(ROOT)))
     server = subprocess.Popen([sys.executable, str(script), "0.5" if how == "exits" else "60"],
                               stdout=subprocess.PIPE, text=True)
-    pids = [int(p) for p in server.stdout.readline().split()]
-    assert len(pids) == 2 and all(_alive(p) for p in pids)  # the heavy lane's worker starts with its first request
-    if how == "is killed":
-        server.send_signal(signal.SIGKILL)
-    server.wait(60)
-    assert _wait_gone(pids) == []
+    try:
+        pids = [int(p) for p in server.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)  # the heavy lane's worker starts with its first request
+        everyone = _descendants(server.pid)  # the workers, the forkserver they were forked from, its resource tracker
+        assert set(pids) < everyone
+        if how == "is killed":
+            server.send_signal(signal.SIGKILL)
+        server.wait(60)
+        assert _wait_gone(sorted(everyone)) == []
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_workers_are_forked_from_one_forkserver_that_imported_torch_for_all_of_them(tiny):
+    _, payload = tiny
+    svc = SamplingService(workers=2, threads=1, heavy_after_s=None)
+    try:
+        parents = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in svc.worker_pids}
+        assert len(parents) == 1 and os.getpid() not in parents
+        forkserver = parents.pop()
+        assert b"forkserver" in Path(f"/proc/{forkserver}/cmdline").read_bytes()
+        assert "libtorch_cpu" in Path(f"/proc/{forkserver}/maps").read_text()  # torch, once, for every child
+        assert svc.run("ann", payload, request(payload, n=1), 1.0).shape == (1, 28, 28, 3)
+    finally:
+        svc.shutdown()
+
+
+@pytest.mark.parametrize("where", ["the repository", "elsewhere"])
+def test_a_child_forked_without_the_preload_says_so_in_the_log(tmp_path, where):
+    script = tmp_path / "server.py"
+    script.write_text(SERVER.format(root=str(ROOT)))
+    cwd = ROOT if where == "the repository" else tmp_path  # the forkserver imports from the server's working folder
+    out = subprocess.run([sys.executable, str(script), "3"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    warned = "forked without ddpm.serving.preload" in out.stderr
+    assert warned == (where == "elsewhere"), out.stderr[-2000:]
+
 
 
 def test_a_heavy_request_runs_in_its_own_lane_at_a_lower_priority_and_never_holds_up_generate(service, tiny):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoints import WEIGHTS_NAME
+from .processes import context
 from .train_request import TrainRequest
 
 ACTIVE = ("starting", "running", "stopping")
@@ -79,7 +80,7 @@ class Job:
     request: TrainRequest
     out_dir: Path
     started_at: float
-    stop_event: mp.synchronize.Event = field(default_factory=mp.get_context("spawn").Event)  # shared with its process
+    stop_event: mp.synchronize.Event = field(default_factory=lambda: context().Event())  # shared with its process
     lock: threading.Lock = field(default_factory=threading.Lock)
     status: str = "starting"
     message: str = "preparing the data and the network"
@@ -96,7 +97,7 @@ class Job:
     stop_reason: str | None = None
     device: str = "?"
     thread: threading.Thread | None = None  # the worker thread, in the server's process
-    process: mp.process.BaseProcess | None = None  # the training process it spawned
+    process: mp.process.BaseProcess | None = None  # the training process it started
 
     def snapshot(self) -> JobSnapshot:
         with self.lock:

@@ -1,13 +1,13 @@
-"""The worker thread of a training job: spawns the job's training process and keeps the job's record current.
+"""The worker thread of a training job: starts the job's training process and keeps the job's record current.
 
-The training itself runs in a process of its own (``train_process``), spawned at the lowest OS
-priority.  This thread, in the server's process, hands it a shared-memory copy of the images and the
-run's settings, then relays what it sends (progress, preview samples, the outcome) into the job's
-record under its lock, so snapshots and pages read the job as they always did.  It is also the one
-place that asks the run to stop for the server: when nobody has polled it for ``heartbeat_timeout_s``
-(the visitor left) and at the time cap, both checked every ``POLL_S`` even while a step never reports.
-A run asked to stop (by these, its owner or the shutdown) that has not ended ``grace_s`` later is
-terminated, then killed, and fails saying so; a process that dies without a last word fails too.
+The training itself runs in a process of its own (``train_process``, forked from the server's forkserver:
+``processes``), at the lowest OS priority. This thread, in the server's process, hands it a shared-memory copy
+of the images and the run's settings, then relays what it sends (progress, preview samples, the outcome) into
+the job's record under its lock, so snapshots and pages read the job as they always did. It is also the one
+place that asks the run to stop for the server: when nobody has polled it for ``heartbeat_timeout_s`` (the
+visitor left) and at the time cap, both checked every ``POLL_S`` even while a step never reports. A run asked
+to stop (by these, its owner or the shutdown) that has not ended ``grace_s`` later is terminated, then killed,
+and fails saying so; a process that dies without a last word fails too.
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ import torch
 from ..checkpoints import WEIGHTS_NAME, Checkpoint
 from ..training import TrainProgress
 from .job_state import Job
+from .processes import child, context
 from .server_limits import ServerLimits
 from .train_process import InitWeights, RunSpec, main, shared_copy, train_threads
 
 log = logging.getLogger(__name__)
 
-SPAWN = mp.get_context("spawn")  # never fork a process whose torch already started threads
 POLL_S = 0.25  # how often the worker looks at the time cap, the heartbeat and the process while nothing arrives
 STOP_GRACE_S = 60.0  # a run asked to stop gets this long (a step, a save, a preview, at nice 19 on busy cores) to end
 
@@ -56,10 +56,9 @@ def spawn(job: Job, device: str, images: torch.Tensor, init: Checkpoint | None, 
         weights = InitWeights(init.model_config, init.schedule_config,
                               {k: v.detach().clone() for k, v in init.model.state_dict().items()})
     spec = RunSpec(job.request, job.out_dir, device, data_source, train_threads(), weights)
-    receive, send = SPAWN.Pipe(duplex=False)
-    process = SPAWN.Process(target=main, args=(send, job.stop_event, os.getpid(), spec, shared_copy(images),
-                                               shared_copy(labels)),
-                            daemon=True, name=f"ddpm-train-{job.id[:8]}")
+    receive, send = context().Pipe(duplex=False)
+    process = child(main, (send, job.stop_event, os.getpid(), spec, shared_copy(images), shared_copy(labels)),
+                    f"ddpm-train-{job.id[:8]}")
     process.start()  # the copies travel as shared-memory handles; start() drops its references to them
     send.close()  # ours: the child's end closing (or dying) is then an EOF here
     return process, receive
@@ -146,7 +145,7 @@ def apply(job: Job, message: tuple, limits: ServerLimits) -> bool:
 
 def run_job(job: Job, limits: ServerLimits, device: str, images: torch.Tensor, init: Checkpoint | None,
             data_source: str | None, labels: torch.Tensor | None = None) -> None:
-    """The body of a job's thread: spawn its process, relay until it ends, end with a status and a message."""
+    """The body of a job's thread: start its process, relay until it ends, end with a status and a message."""
     try:
         process, conn = spawn(job, device, images, init, data_source, labels)
         with job.lock:

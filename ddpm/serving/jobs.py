@@ -3,7 +3,7 @@
 The registry only keeps the books: who holds the training slot, which run folders exist and when
 they go, and whose each run is: a visitor (``job_state.Visitor``, 128 random bits) can stop, keep
 alive or replace only their own runs.  Each job has a worker thread in the server's process
-(``job_worker``) that spawns the job's training process (``train_process``, at the lowest OS
+(``job_worker``) that starts the job's training process (``train_process``, at the lowest OS
 priority, so visitors' sampling comes first) and relays its progress and previews into the job's
 record (``job_state``); it stops the run at the server's time cap and when its page stopped polling.
 No training process outlives the server: ``shutdown`` (also run at interpreter exit) stops and joins

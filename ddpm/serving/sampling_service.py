@@ -8,7 +8,8 @@ steps, a large uploaded network). The heavy lane has a worker of its own at a lo
 request, however costly within the budget, never holds up a visitor's Generate; it only takes what is left. One dispatcher thread per worker takes the oldest request, sends it
 (and the model, the first time that worker needs it) over a pipe, relays progress, and asks the worker to
 stop a request nobody waits for or one past its deadline; a worker that does not stop in time, or dies, is
-killed and replaced. Workers are spawned (never forked: torch's threads do not survive a fork), so none
+killed and replaced. Workers are forked from the server's forkserver, which has torch imported once for all
+its children (``processes``), never from the server itself (torch's threads do not survive a fork). None
 outlives the server: they exit on EOF of their pipe, at interpreter exit (``shutdown``), or when their
 watchdog sees the server is gone.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import multiprocessing as mp
 import os
 import threading
 import time
@@ -25,6 +25,7 @@ from typing import Any, Callable, Hashable
 
 from dataclasses import dataclass
 
+from .processes import child, context
 from .queue import FairQueue, Position, RequestCancelled, Ticket
 from .sampling_worker import ModelPayload, SampleRequest, serve
 
@@ -63,12 +64,11 @@ class _Worker:
         self.thread = threading.Thread(target=self._dispatch, daemon=True, name=f"ddpm-sampling-dispatch-{index}")
 
     def start_process(self) -> None:
-        ctx = mp.get_context("spawn")
+        ctx = context()
         parent_end, child_end = ctx.Pipe()
         self.cancel_event = ctx.Event()
-        self.process = ctx.Process(target=serve, args=(child_end, self.cancel_event, self.service.threads, os.getpid(),
-                                                       self.nice),
-                                   daemon=True, name=f"ddpm-sampling-worker-{self.index}")
+        self.process = child(serve, (child_end, self.cancel_event, self.service.threads, os.getpid(), self.nice),
+                             f"ddpm-sampling-worker-{self.index}")
         self.process.start()
         child_end.close()
         self.conn, self.known = parent_end, set()

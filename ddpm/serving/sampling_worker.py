@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from ..sampling_spec import SamplingSpec
 from .edit_request import EditRequest
-from .processes import watch_parent
+from .processes import check_preloaded, watch_parent
 
 KINDS = ("samples", "trajectory", "evaluation", "edit")
 MODELS_KEPT = 4  # models a worker keeps loaded (the shipped two, a visitor's run and an upload)
@@ -128,6 +128,7 @@ def _evaluation_inputs():
 def serve(conn, cancel_event, threads: int, parent_pid: int, nice: int = 0) -> None:
     """The worker process's main loop (the target of ``multiprocessing.Process``); ``nice`` lowers its priority."""
     watch_parent(parent_pid, "ddpm-sampling-watchdog")
+    check_preloaded()
     if nice:
         os.nice(nice)  # before torch starts its threads, so they inherit it
     import torch

@@ -1,4 +1,5 @@
-"""The training job's own process: spawned by the job's worker thread, at the lowest OS priority.
+"""The training job's own process: started by the job's worker thread (forked from the server's forkserver,
+``processes``), at the lowest OS priority.
 
 ``main`` runs in the child.  It lowers its priority before anything heavy (nice 19: a live run takes
 only the CPU that visitors leave), sets its torch threads, builds a Trainer on the images it was given
@@ -27,7 +28,7 @@ from ..sampling_spec import DEFAULT_SPEC
 from ..schedules import ScheduleConfig
 from ..training import NonFiniteLossError, Trainer, TrainProgress
 from ..unet import UNetConfig, build_unet
-from .processes import watch_parent
+from .processes import check_preloaded, watch_parent
 from .train_request import TrainRequest
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ def main(conn, stop_event, parent_pid: int, spec: RunSpec, images: torch.Tensor,
     """The child's whole life: lower priority, train, report; always ends with one final message."""
     lower_priority()  # first, so every thread torch starts from now on inherits it
     watch_parent(parent_pid, "ddpm-train-watchdog")
+    check_preloaded()
     torch.set_num_threads(spec.threads)
     req = spec.request
     try:
