@@ -3,8 +3,9 @@
 Classifier-free guidance needs a conditional and an unconditional prediction per step; ``ddpm`` gets both
 from one forward pass over a batch of 2B (``samplers.guided_model``). This measures, with the shipped
 default model, DPM-Solver++ at 20 steps, 16 samples: plain conditional (s = 1, batch 16), guided at the checkpoint's
-recommended scale in one batched pass (batch 32) and, for reference, guided with two separate passes per step, each in
-fp32 and bf16 autocast. Median of ``--repeats`` runs after one warm-up.
+recommended scale in one batched pass (batch 32), for reference guided with two separate passes per step, and, when
+the checkpoint recommends a guidance band, its recommended setting (guided only inside the band), each in fp32 and
+bf16 autocast. Median of ``--repeats`` runs after one warm-up.
 
     python bench/guided_speed.py [--threads 2] [--repeats 5]   # writes bench/results/guided_speed.{json,md}
 """
@@ -78,6 +79,10 @@ def main() -> None:
                                                                           classes=labels, precision=precision),
             f"guided (s = {g:g}), two passes of 16 (reference)": lambda: two_pass(model, schedule, labels, precision, 0, g),
         }
+        if ckpt.sampling.guidance_interval is not None:  # the recommended setting: guided only inside its band
+            rec = ckpt.sampling
+            cases[f"recommended ({rec.describe()})"] = lambda: generate(model, schedule, N, rec, classes=labels,
+                                                                        precision=precision)
         for name, fn in cases.items():
             seconds = timed(fn, args.repeats)
             rows.append({"case": name, "precision": precision, "seconds": round(seconds, 3)})
