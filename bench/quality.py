@@ -340,7 +340,7 @@ def main() -> None:
                                    **({"per_class": report["per_class"]} if "per_class" in report else {})}
         table["class_prior"] = report["class_hist"]["train_prior"]
         out_json.write_text(json.dumps(table, indent=1) + "\n")
-        print(row.name, {k: report["metrics"][k] for k in METRIC_KEYS}, f"{per_1000:.1f} s/1000", flush=True)
+        print(row.name, {k: report["metrics"].get(k) for k in METRIC_KEYS}, f"{per_1000:.1f} s/1000", flush=True)
         if args.checkpoint_reports and row in canonical_rows(table):
             shared = {k: table[k] for k in ("floor", "centre_shift", "floor_protocol") if table.get(k) is not None}
             write_checkpoint_report(row, {**shared, **report}, images, per_1000, source, threads, data, args)
