@@ -158,7 +158,7 @@ def test_the_band_sweep_scores_a_coarse_grid_then_its_finalists_then_chooses_the
     assert set(coarse) <= set(quality.rows_for(table))
     assert quality.finalist_rows(table) == [] and quality.chosen_row(table) == quality.sweep_row(1.5)
     monkeypatch.setattr(quality, "FINALISTS", 2)
-    fds = dict(zip(coarse[1:], [3.5, 3.9, 3.0, 3.2, 3.6, 3.4]))  # (2.5, 30-130) then (2.5, 20-160) are the best two
+    fds = dict(zip(coarse[1:], [3.5, 3.9, 3.0, 3.2, 3.6, 3.4, 3.7, 3.3]))  # (2.5, 30-130) then (2.5, 20-160) are the best two
     table["rows"].update({r.name: {"fd": fd} for r, fd in fds.items()})
     finalists = quality.finalist_rows(table)
     assert [(r.guidance, r.band, r.n) for r in finalists] == [(2.5, (30, 130), None), (2.5, (20, 160), None)]
