@@ -171,3 +171,23 @@ def test_the_band_sweep_scores_a_coarse_grid_then_its_finalists_then_chooses_the
     assert sorted(r.steps for r in steps) == [20, 30, 50]
     table["rows"].update({r.name: {"fd": 4.1} for r in finalists})  # worse than every-step guidance: no band
     assert quality.chosen_setting(table) == (1.5, None) and quality.chosen_row(table) == quality.sweep_row(1.5)
+
+
+def test_more_steps_at_the_chosen_setting_are_recommended_only_if_they_win_at_the_tables_n(quality):
+    table = {"rows": {quality.sweep_row(g).name: {"fd": 4.0} for g in quality.GUIDANCE_SWEEP}}
+    coarse = quality.coarse_rows(quality.chosen_guidance(table))
+    table["rows"].update({r.name: {"fd": 3.0 if r.band == (30, 130) and r.guidance == 2.5 else 3.5} for r in coarse})
+    (finalist,) = quality.finalist_rows(table)
+    table["rows"][finalist.name] = {"fd": 3.2}
+    assert quality.chosen_row(table) == finalist and quality.step_finalist(table) is None
+    steps = quality.step_rows(table)
+    assert [(r.steps, r.n, r.guidance, r.band) for r in steps] == [(k, quality.COARSE_N, 2.5, (30, 130))
+                                                                    for k in quality.STEP_SWEEP]
+    table["rows"].update({r.name: {"fd": fd} for r, fd in zip(steps, [3.0, 2.7, 2.8])})  # 30 steps win on the grid
+    more = quality.step_finalist(table)
+    assert (more.steps, more.n) == (30, None) and more in quality.rows_for(table)
+    assert quality.chosen_row(table) == finalist  # not scored at the table's n yet
+    table["rows"][more.name] = {"fd": 3.3}
+    assert quality.chosen_row(table) == finalist  # worse at the table's n: 20 steps stay
+    table["rows"][more.name] = {"fd": 2.9}
+    assert quality.chosen_row(table) == more and quality.chosen_row(table).spec.steps == 30
