@@ -10,8 +10,8 @@ settings would give is made of the rows already sampled: sample i taken from the
 
 Each tissue's setting is the one with the lowest per-tissue FD, chosen on half of that tissue's samples (even
 indices) and scored, like the single setting it competes with, on the other half (odd indices), so neither
-side is scored on the samples that chose it. Per-tissue settings would be kept only if their composite beats the
-best single setting on the held-out half.
+side is scored on the samples that chose it. Winning here is what earns per-tissue settings a row on the quality
+table, where the recommendation is decided.
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def main() -> None:
                         "per_tissue_fd": {c["class"]: c.get("fd") for c in report["per_class"]}}
     keep = scored["per-tissue settings"]["fd"] < scored[f"one setting: {single.name}"]["fd"]
     result = {"date": time.strftime("%Y-%m-%d"), "n_choose": int(choose.sum()), "n_scored": int(held.sum()),
-              "chosen": {CLASS_NAMES[c]: best[c].name for c in best}, "rows": scored, "keep_per_tissue": bool(keep)}
+              "chosen": {CLASS_NAMES[c]: best[c].name for c in best}, "rows": scored, "per_tissue_wins": bool(keep)}
     (RESULTS / "tissue_settings.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"Per-tissue guidance settings against one setting for all ({result['date']}): each tissue's setting chosen "
              f"by its lowest per-tissue FD on {result['n_choose']} samples of the band sweep's coarse grid (n = "
@@ -88,8 +88,10 @@ def main() -> None:
     lines += [f"| {t} | {name} |" for t, name in result["chosen"].items()]
     lines += ["", "| | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(f"{m[k]:.4g}" for k in KEYS) + " |" for name, m in scored.items()]
-    lines += ["", f"Per-tissue settings are {'kept: they beat' if keep else 'not kept: they do not beat'} one setting "
-                  "for all on FD."]
+    lines += ["", f"Per-tissue settings {'beat' if keep else 'do not beat'} one setting for all on FD on the held-out "
+                  "half. The recommendation changes only on the quality table (bench/quality.py, n = 5000 at the "
+                  "recommended steps), which has no per-tissue row yet: per-tissue settings need per-image guidance "
+                  "in a SamplingSpec first."]
     (RESULTS / "tissue_settings.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
