@@ -93,8 +93,7 @@ def main() -> None:
     (RESULTS / "editing_check.json").write_text(json.dumps(result, indent=1) + "\n")
     pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
     md = [f"Measured {result['date']}: the shipped default ({result['sampling']}), judged by the shipped tissue encoder; "
-          f"{result['patches']} real patches ({args.per_tissue} per tissue) from the {real.source}; "
-          f"{result['seconds']:.0f} s on this CPU.", "",
+          f"{result['patches']} real patches ({args.per_tissue} per tissue) from the {real.source}.", "",
           "| edit | what the encoder says |", "|---|---|",
           f"| one noise as each of the 9 tissues ({args.seeds} noises) | {pct(result['same_noise']['share_called_as_asked'])} "
           "called the tissue asked for |"]
