@@ -41,7 +41,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_server import (ARTIFACTS, CHROMIUM_ARGS, FIRST_LOAD_MS, JS_POINTS, VIEWPORT, AppServer,  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from app_server import (ARTIFACTS, CHROMIUM_ARGS, FIRST_LOAD_MS, JS_POINTS, REPO, VIEWPORT, AppServer,  # noqa: E402
                         chart_selector, find_chromium, key_selector)
 from load_check import ACTION_MS, Session, check_page, idle, open_page, run_trainer  # noqa: E402
 from server_memory import roles, sample  # noqa: E402
@@ -292,6 +293,7 @@ def main() -> None:
     at_peak = max(out["memory_peaks"], key=lambda name: out["memory_peaks"][name]["pss_mb"])
     report = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.machine(), "cpu_cores": os.cpu_count(),
                        "server_env": SERVER_ENV, "model": "shipped default (checkpoints/default), offline",
+                       "sampling": recommended_sampling(),
                        "training": {"preset": args.train_preset, "steps": args.train_steps, "batch": args.train_batch},
                        "browser": "one headless Chromium, one context per visitor, on the same machine",
                        "load_average_1min_start_end": [round(out["load"][0][0], 2), round(out["load"][1][0], 2)],
@@ -315,13 +317,22 @@ def main() -> None:
     sys.exit(0 if report["all_ok"] else 1)
 
 
+def recommended_sampling() -> str:
+    """The shipped default's recommended sampling in words (what Reverse denoising's Generate runs by default)."""
+    from ddpm.sampling_spec import SamplingSpec
+
+    config = json.loads((REPO / "checkpoints" / "default" / "config.json").read_text())
+    return SamplingSpec.recommended(config).describe()
+
+
 def markdown(r: dict) -> str:
     m = r["meta"]
     lines = [f"**A classroom at once.** Measured {m['date']} on {m['cpu_cores']} CPU cores ({m['machine']}); {m['browser']}. "
              f"Server: `streamlit run app.py`, {m['model']}, env {m['server_env']} (the hosted limits: two one-thread sampling workers and a heavy lane). One visitor "
              f"trains throughout ({m['training']['preset']} preset, up to {m['training']['steps']} steps, batch "
-             f"{m['training']['batch']}); the others press Generate on Reverse denoising (9 images, DPM-Solver++ 20, "
-             f"guidance 1.5), each with a seed nobody else uses, all in the same second. Chromium at nice "
+             f"{m['training']['batch']}); the others press Generate on Reverse denoising (9 images, "
+             f"{m.get('sampling') or recommended_sampling()}: the model's recommended sampling), each with a seed "
+             f"nobody else uses, all in the same second. Chromium at nice "
              f"{m.get('browser_nice', 0)}. Load average (1 min) at start "
              f"and end: {m['load_average_1min_start_end']}. {m['note']}", "",
              f"One visitor's solo time in this run (median of the solo phase): **{r['solo_s']:.2f} s**. "
