@@ -27,6 +27,7 @@ from ddpm.serving.train_process import train_threads
 from ddpm.training import TrainConfig, TrainProgress
 from ddpm.presets import get_preset
 from ddpm.unet import build_unet
+from process_tree import alive, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = get_preset("seed")
@@ -42,28 +43,6 @@ def registry(tmp_path):
 
 
 # ---- processes ----------------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, is not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def _descendants(pid: int) -> set[int]:
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            pass
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 def _nice_of_every_thread(pid: int) -> set[int]:
     return {int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) for task in Path(f"/proc/{pid}/task").iterdir()}
 
@@ -204,7 +183,7 @@ def test_a_live_run_is_alone_runs_at_the_lowest_priority_shows_previews_and_stop
     assert stopped.status == "stopped" and stopped.message.startswith("stopped by you at step")
     assert stopped.has_checkpoint  # stopping saves what the run has
     assert load_local(stopped.out_dir).config["training"]["steps"] == stopped.step
-    assert not process.is_alive() and not _alive(process.pid)
+    assert not process.is_alive() and not alive(process.pid)
 
 
 def test_the_time_cap_ends_a_run_with_a_message(tmp_path, tiny_images):
@@ -228,7 +207,7 @@ def test_a_job_whose_page_stopped_polling_ends_by_itself(tmp_path, tiny_images, 
         reg.shutdown()
 
 
-def test_heartbeats_keep_a_job_alive(tmp_path, tiny_images, stand_in):
+def test_heartbeats_keep_a_jobalive(tmp_path, tiny_images, stand_in):
     stand_in(steps_until_stopped)
     reg = JobRegistry(ServerLimits(heartbeat_timeout_s=1.0), root=tmp_path, device="cpu")
     try:
@@ -311,7 +290,7 @@ def test_a_server_that_exits_stops_its_training_process_and_deletes_the_run_fold
     assert root.parent == tmp_path and root.name.startswith(ROOT_PREFIX)
     assert not root.exists()
     assert len(pids) == 1
-    _wait_until(lambda: not _alive(int(pids[0])), timeout=10)
+    _wait_until(lambda: not alive(int(pids[0])), timeout=10)
 
 
 def test_a_killed_server_leaves_no_process_behind(tmp_path):
@@ -320,11 +299,11 @@ def test_a_killed_server_leaves_no_process_behind(tmp_path):
                               stdout=subprocess.PIPE, text=True)
     try:
         _, pid = server.stdout.readline().split()
-        descendants = _descendants(server.pid)
-        assert int(pid) in descendants  # the training process (and the multiprocessing helpers, if any)
+        below = descendants(server.pid)
+        assert int(pid) in below  # the training process (and the multiprocessing helpers, if any)
         server.kill()
         server.wait(10)
-        _wait_until(lambda: not any(_alive(p) for p in descendants), timeout=10)
+        _wait_until(lambda: not any(alive(p) for p in below), timeout=10)
     finally:
         server.kill()
         server.wait()
@@ -343,10 +322,10 @@ def test_a_training_process_whose_server_was_killed_mid_step_ends_by_itself(tmp_
     proc = subprocess.Popen([sys.executable, "-c", server], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         pid = int(proc.stdout.readline())
-        assert proc.stdout.readline().strip() == "watching" and _alive(pid)
+        assert proc.stdout.readline().strip() == "watching" and alive(pid)
         proc.kill()
         proc.wait(10)
-        _wait_until(lambda: not _alive(pid), timeout=10)
+        _wait_until(lambda: not alive(pid), timeout=10)
     finally:
         proc.kill()
         proc.wait()

@@ -20,6 +20,7 @@ from ddpm.sampling_spec import SamplingSpec
 from ddpm.serving.queue import RequestCancelled
 from ddpm.serving.sampling_service import RequestFailed, SamplingService
 from ddpm.serving.sampling_worker import ModelPayload, SampleRequest
+from process_tree import alive, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,34 +137,11 @@ SERVER = textwrap.dedent("""
 """)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split()[2] == "Z")  # a zombie has ended
-
-
 def _wait_gone(pids: list[int], seconds: float = 15.0) -> list[int]:
     end = time.monotonic() + seconds
-    while time.monotonic() < end and any(_alive(p) for p in pids):
+    while time.monotonic() < end and any(alive(p) for p in pids):
         time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
-
-
-def _descendants(pid: int) -> set[int]:
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            pass
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
+    return [p for p in pids if alive(p)]
 
 
 @pytest.mark.parametrize("how", ["exits", "is killed"])
@@ -174,8 +152,8 @@ def test_no_worker_nor_the_forkserver_outlives_its_server(tmp_path, how):
                               stdout=subprocess.PIPE, text=True)
     try:
         pids = [int(p) for p in server.stdout.readline().split()]
-        assert len(pids) == 2 and all(_alive(p) for p in pids)  # the heavy lane's worker starts with its first request
-        everyone = _descendants(server.pid)  # the workers, the forkserver they were forked from, its resource tracker
+        assert len(pids) == 2 and all(alive(p) for p in pids)  # the heavy lane's worker starts with its first request
+        everyone = descendants(server.pid)  # the workers, the forkserver they were forked from, its resource tracker
         assert set(pids) < everyone
         if how == "is killed":
             server.send_signal(signal.SIGKILL)
