@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from ddpm.samplers import DEFAULT_SAMPLER
 from ddpm.sampling_spec import EVERY_STEP, SamplingSpec
 from ddpm.serving.cost import RequestTooCostlyError, check_request_cost, deadline_s
 from ddpm.serving.edit_request import EditRequest, EditResult
-from ddpm.serving.queue import Position, RequestCancelled
+from ddpm.serving.queue import Position, RequestCancelled, WaitingBar
 from ddpm.serving.quiz_pool import QuizPool, service_generator
 from ddpm.serving.result_cache import ResultCache
 from ddpm.serving.sampling_service import RequestFailed, SamplingService
@@ -33,7 +32,6 @@ REQUEST_LOG_ENV = "DDPM_REQUEST_LOG"  # a file: one JSON line per finished reque
 #: 17.6 s with two (bench/crowd_check.py, 2026-12-01); alone on a quiet machine two threads are faster (1.1 s
 #: against 1.9 s for Reverse's 9 images).
 THREADS_ENV = "DDPM_SAMPLING_THREADS"
-REDRAW_EVERY_S = 3.0
 
 
 @st.cache_resource(show_spinner=False)
@@ -110,18 +108,6 @@ def run_evaluation(model: ActiveModel, n: int, tissue: Tissue | None = None, bar
 
 
 # ---- heavy computations: submitted to the sampling workers, waited for with the visitor's place ------
-def _waiting_text(position: Position, text: str) -> tuple[float, str]:
-    """(fraction, words) for the progress bar; coarse on purpose (ETA in 5 s steps, progress in tenths): each change
-    is a redraw in the visitor's browser, and a crowd of waiting visitors should not be a crowd of redraws."""
-    eta = "" if position.eta_s is None else f", about {max(5, 5 * round(position.eta_s / 5))} s"
-    if position.running:
-        progress = int(position.progress * 10) / 10
-        return progress, f"{text} {progress:.0%}{eta}"
-    ahead = position.ahead
-    return 0.0, (f"Waiting for your turn: {ahead} request{'s' if ahead != 1 else ''} ahead of yours{eta} "
-                 f"(this server computes {limits().max_compute} at a time, first come first served)…")
-
-
 def from_workers(model: ActiveModel, request: SampleRequest, text: str, bar=None):
     """The result of ``request`` from the sampling workers; meanwhile ``bar`` shows the visitor's place, the ETA and
     the progress. A failure is shown on the page, which stops there."""
@@ -137,15 +123,12 @@ def from_workers(model: ActiveModel, request: SampleRequest, text: str, bar=None
         st.error(f"This server does not run that: {err}")
         st.stop()
     bar = bar or st.progress(0.0, text=text)
-    shown = [None, 0.0]
+    waiting = WaitingBar(text, limits().max_compute)
 
     def on_wait(position: Position) -> None:
-        now = _waiting_text(position, text)
-        # a change is sent to the browser, and every few seconds the same text: a call into Streamlit is where a
-        # visitor who left (or clicked again) is noticed, and then they leave the line
-        if now != shown[0] or time.monotonic() - shown[1] > REDRAW_EVERY_S:
-            shown[:] = [now, time.monotonic()]
-            bar.progress(*now)
+        drawn = waiting.update(position)
+        if drawn is not None:  # a visitor who left or clicked again is noticed here, and leaves the line
+            bar.progress(*drawn)
 
     try:
         value = sampling_service().run(visitor().id, payload, request, cost.flops, on_wait, deadline_s(cost, limits()),

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from ddpm.serving.queue import CANCELLED, DONE, QUEUED, RUNNING, FairQueue, RequestCancelled
+from ddpm.serving.queue import CANCELLED, DONE, QUEUED, RUNNING, FairQueue, Position, RequestCancelled, WaitingBar
 
 
 def test_requests_are_served_first_come_first_served_across_visitors():
@@ -77,3 +77,61 @@ def test_finish_wakes_every_waiter_and_close_cancels_what_waits():
     assert queued.status == CANCELLED
     with pytest.raises(RequestCancelled):
         q.submit("cy", "k3", None, 1.0)
+
+
+# ---- what a waiting visitor's bar says, and when it is redrawn (WaitingBar) ----------------------------------
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_waiting_bar_says_the_place_and_a_coarse_eta():
+    bar = WaitingBar("Sampling…", at_once=2)
+    fraction, words = bar.words(Position(3, 12.4, False, 0.0))
+    assert fraction == 0.0
+    assert words.startswith("Waiting for your turn: 3 requests ahead of yours, about 10 s")
+    assert "computes 2 at a time" in words
+    assert "1 request ahead of yours" in bar.words(Position(1, None, False, 0.0))[1]
+    assert "about" not in bar.words(Position(1, None, False, 0.0))[1]  # no ETA before any speed is measured
+    assert bar.words(Position(0, 1.0, False, 0.0))[1].count("about 5 s") == 1  # never "about 0 s"
+    assert bar.words(Position(0, 3.0, True, 0.6)) == (0.5, "Sampling… 50%, about 5 s")  # progress in quarters
+
+
+def test_the_waiting_bar_redraws_on_a_new_place_a_start_and_each_quarter_only():
+    clock = _Clock()
+    bar = WaitingBar("Sampling…", at_once=2, heartbeat_s=5.0, clock=clock)
+    shown = []
+
+    def poll(position, dt=0.5):
+        clock.now += dt
+        drawn = bar.update(position)
+        if drawn is not None:
+            shown.append(drawn)
+
+    poll(Position(3, 20.0, False, 0.0))
+    for eta in (19.0, 18.0, 16.0, 14.0):  # the ETA moves, the place does not: nothing to redraw
+        poll(Position(3, eta, False, 0.0))
+    poll(Position(1, 10.0, False, 0.0))  # a new place
+    poll(Position(0, 5.0, True, 0.0))  # it starts
+    for progress in (0.1, 0.2, 0.3, 0.45, 0.55, 0.8, 0.9):
+        poll(Position(0, 3.0, True, progress))
+    assert [words.split(":")[1].split(",")[0] for _, words in shown[:2]] == [" 3 requests ahead of yours",
+                                                                           " 1 request ahead of yours"]
+    assert [fraction for fraction, _ in shown[2:]] == [0.0, 0.25, 0.5, 0.75]
+    assert len(shown) == 6  # of 14 polls
+
+
+def test_the_waiting_bar_redraws_the_same_words_after_the_heartbeat():
+    """A call into Streamlit is where a visitor who left or clicked again is noticed: never silent for long."""
+    clock = _Clock()
+    bar = WaitingBar("Sampling…", at_once=1, heartbeat_s=5.0, clock=clock)
+    position = Position(4, 40.0, False, 0.0)
+    assert bar.update(position) is not None
+    clock.now = 4.9
+    assert bar.update(position) is None
+    clock.now = 5.0
+    assert bar.update(Position(4, 31.0, False, 0.0))[1].startswith("Waiting for your turn: 4 requests ahead of yours, about 30 s")
+    assert bar.update(position) is None

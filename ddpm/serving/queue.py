@@ -63,6 +63,44 @@ class Position:
     progress: float
 
 
+class WaitingBar:
+    """What a waiting visitor's progress bar says, and when it changes.
+
+    Each change is a message to the visitor's browser, which redraws the page: measured with ten waiting tabs in
+    one Chromium (bench/results/crowd_check.md), redraws were its largest CPU cost after drawing the results, and on
+    a small machine the browser's CPU is the workers' CPU. So the bar changes only when the visitor's place
+    changes, when their request starts, at each quarter of its progress, and otherwise every ``heartbeat_s`` (a
+    call into Streamlit is where a visitor who left or clicked again is noticed); the ETA shown is refreshed with
+    each change, in 5 s steps.
+    """
+
+    QUARTERS = 4
+
+    def __init__(self, text: str, at_once: int, heartbeat_s: float = 5.0, clock=time.monotonic):
+        self.text, self.at_once, self.heartbeat_s, self.clock = text, at_once, heartbeat_s, clock
+        self._state: tuple | None = None
+        self._drawn_at = -float("inf")
+
+    def words(self, position: Position) -> tuple[float, str]:
+        """(fraction done, words) for ``position``."""
+        eta = "" if position.eta_s is None else f", about {max(5, 5 * round(position.eta_s / 5))} s"
+        if position.running:
+            done = int(position.progress * self.QUARTERS) / self.QUARTERS
+            return done, f"{self.text} {done:.0%}{eta}"
+        ahead = position.ahead
+        return 0.0, (f"Waiting for your turn: {ahead} request{'s' if ahead != 1 else ''} ahead of yours{eta} "
+                     f"(this server computes {self.at_once} at a time, first come first served)…")
+
+    def update(self, position: Position) -> tuple[float, str] | None:
+        """What to draw now, or None to leave the bar as it is."""
+        state = (position.running, position.ahead, int(position.progress * self.QUARTERS))
+        now = self.clock()
+        if state == self._state and now - self._drawn_at < self.heartbeat_s:
+            return None
+        self._state, self._drawn_at = state, now
+        return self.words(position)
+
+
 class FairQueue:
     """First come, first served across visitors; see the module docstring."""
 
