@@ -51,6 +51,10 @@ RESULTS = Path(__file__).parent / "results"
 SERVER_ENV = {"DDPM_HOSTED": "1"}
 TARGET_MIB = 2048  # the server's memory (PSS of its process tree) with 32 visitors
 SETUP = "opening and starting the training run"
+CLICKS: dict[int, tuple[float, float]] = {}  # seed -> (click, result drawn), wall clock, for the timeline
+WAIT_CPU: dict[int, dict[str, float]] = {}  # a crowd's first seed -> CPU seconds by process from the clicks to the last result
+SERVER_PID = [0]
+TRAINER_ALONE_S = 15.0  # the training visitor's page measured alone this long, before the others come
 
 
 def renice_browser(nice: int) -> int:
@@ -69,13 +73,14 @@ def renice_browser(nice: int) -> int:
 async def generate(session: Session, page, seed: int, label: str) -> float:
     """Type ``seed`` and press Generate; seconds from the click to the result drawn."""
     await page.locator(f"{key_selector('rev_seed')} input").fill(str(seed))
-    start = time.perf_counter()
+    start, clicked = time.perf_counter(), time.time()
     await page.get_by_role("button", name="Generate").click()
     await page.get_by_text(f"seed {seed}, ").first.wait_for(timeout=ACTION_MS)
     await page.wait_for_selector(chart_selector("rev_step"), state="visible", timeout=ACTION_MS)
     await idle(page)
     seconds = time.perf_counter() - start
     session.actions.append((label, seconds))
+    CLICKS[seed] = (clicked, clicked + seconds)
     return seconds
 
 
@@ -93,7 +98,13 @@ async def start_costliest_request(browser, url: str):
 
 
 async def training_points(page) -> int:
-    return int(await page.evaluate(JS_POINTS, "train_loss") or 0)
+    """Points on the training page's loss curve (retried for a few seconds while its live view redraws it)."""
+    for _ in range(20):
+        points = int(await page.evaluate(JS_POINTS, "train_loss") or 0)
+        if points >= 0:
+            return points
+        await asyncio.sleep(0.25)
+    return points
 
 
 async def crowd(browser, url: str, n: int, first_seed: int) -> list[Session]:
@@ -118,7 +129,12 @@ async def crowd(browser, url: str, n: int, first_seed: int) -> list[Session]:
         except Exception as err:  # recorded; the others go on
             s.errors.append(f"{type(err).__name__}: {str(err).splitlines()[0]}")
 
+    before = cpu_by_process(SERVER_PID[0]), browser_cpu_s(), machine_cpu_s(), time.perf_counter()
     await asyncio.gather(*(press(i) for i in range(n)))
+    after = cpu_by_process(SERVER_PID[0]), browser_cpu_s(), machine_cpu_s(), time.perf_counter()
+    WAIT_CPU[first_seed] = {**{role: round(after[0][role] - before[0].get(role, 0), 1) for role in after[0]},
+                   "Chromium": round(after[1] - before[1], 1), "whole machine": round(after[2] - before[2], 1),
+                   "wall": round(after[3] - before[3], 1)}
     for c in contexts:
         await c.close()
     return sessions
@@ -129,6 +145,22 @@ def server_side(log_path: Path, seeds: set[int]) -> list[dict]:
         return []
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     return [r for r in rows if r["kind"] == "trajectory" and r["seed"] in seeds]
+
+
+def timeline(rows: list[dict]) -> dict:
+    """Each visitor's wait split in four, from the browser's clock and the server's log (one machine, one clock):
+    click to request in line (the page's script up to the submit), in line, computing, done to result drawn (the
+    script drawing it, the browser rendering it)."""
+    parts = {"click to submit": [], "queued": [], "computing": [], "done to drawn": []}
+    for r in rows:
+        if r["seed"] not in CLICKS or "submitted_unix" not in r or r["queued_s"] is None or r["compute_s"] is None:
+            continue
+        clicked, drawn = CLICKS[r["seed"]]
+        parts["click to submit"].append(r["submitted_unix"] - clicked)
+        parts["queued"].append(r["queued_s"])
+        parts["computing"].append(r["compute_s"])
+        parts["done to drawn"].append(drawn - r["finished_unix"])
+    return {name: stats(values) for name, values in parts.items()}
 
 
 def cpu_by_process(root_pid: int) -> dict[str, float]:
@@ -163,6 +195,19 @@ async def sample_memory(pid: int, t0: float, phase: dict, series: list, peaks: d
             pass
 
 
+def browser_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by every Chromium process."""
+    total = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"chromium" in cmdline.read_bytes().split(b"\0")[0]:
+                fields = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def machine_cpu_s() -> float:
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     busy = sum(int(v) for i, v in enumerate(fields) if i not in (3, 4))  # all but idle and iowait
@@ -183,7 +228,8 @@ async def run(args) -> dict:
     log_path = Path(tempfile.mkdtemp(prefix="ddpm-crowd-")) / "requests.jsonl"
     ARTIFACTS.mkdir(exist_ok=True)
     server = AppServer({**SERVER_ENV, "DDPM_REQUEST_LOG": str(log_path)},
-                       log_path=ARTIFACTS / "crowd_check-server.log").start()
+                       log_path=ARTIFACTS / "crowd_check-server.log", repo=args.repo).start()
+    SERVER_PID[0] = server.pid
     memory: list[tuple[float, float, float]] = []
     peaks: dict[str, dict] = {}
     now = {"name": SETUP}  # the phase under way, for the memory sampler
@@ -211,6 +257,14 @@ async def run(args) -> dict:
                     training.result()
                 await asyncio.sleep(1)
 
+            # what the training visitor's page costs on its own: its live view redraws every few seconds
+            await asyncio.sleep(3)
+            cpu0, browser0 = cpu_by_process(server.pid), browser_cpu_s()
+            await asyncio.sleep(TRAINER_ALONE_S)
+            cpu1, browser1 = cpu_by_process(server.pid), browser_cpu_s()
+            trainer_alone = {"seconds": TRAINER_ALONE_S, "Chromium": round(browser1 - browser0, 2),
+                             **{role: round(cpu1[role] - cpu0.get(role, 0), 2) for role in cpu1}}
+
             solo_ctx = await browser.new_context(viewport=VIEWPORT)
             solo_page = await solo_ctx.new_page()
             solo = Session("solo visitor", "sampler")
@@ -224,30 +278,32 @@ async def run(args) -> dict:
                            "browser": stats(solo_times), "training_points": [before, await training_points(train_page)],
                            "errors": solo.errors})
 
-            before = await training_points(train_page)
-            now["name"] = "solo, beside the costliest request"
-            heavy_ctx = await start_costliest_request(browser, server.url)
-            await asyncio.sleep(5)  # the evaluation is under way in its lane
-            during = Session("solo visitor during the costliest request", "sampler")
-            solo_ctx = await browser.new_context(viewport=VIEWPORT)
-            solo_page = await solo_ctx.new_page()
-            await open_page(solo_page, server.url, "reverse")
-            during_times = [await generate(during, solo_page, 700 + i, "generate") for i in range(args.solo)]
-            await solo_ctx.close()
-            await heavy_ctx.close()
-            phases.append({"name": "solo, beside the costliest request", "n": 1,
-                           "seeds": [700 + i for i in range(args.solo)], "browser": stats(during_times),
-                           "training_points": [before, await training_points(train_page)], "errors": during.errors})
+            if not args.no_costliest:
+                before = await training_points(train_page)
+                now["name"] = "solo, beside the costliest request"
+                heavy_ctx = await start_costliest_request(browser, server.url)
+                await asyncio.sleep(5)  # the evaluation is under way in its lane
+                during = Session("solo visitor during the costliest request", "sampler")
+                solo_ctx = await browser.new_context(viewport=VIEWPORT)
+                solo_page = await solo_ctx.new_page()
+                await open_page(solo_page, server.url, "reverse")
+                during_times = [await generate(during, solo_page, 700 + i, "generate") for i in range(args.solo)]
+                await solo_ctx.close()
+                await heavy_ctx.close()
+                phases.append({"name": "solo, beside the costliest request", "n": 1,
+                               "seeds": [700 + i for i in range(args.solo)], "browser": stats(during_times),
+                               "training_points": [before, await training_points(train_page)], "errors": during.errors})
 
             for k, n in enumerate(args.crowds):
                 first_seed = 10_000 * (k + 1)
-                now["name"] = f"crowd of {n}"
+                again = args.crowds[:k].count(n)
+                now["name"] = f"crowd of {n}" + (f" (again, {again + 1})" if again else "")
                 before = await training_points(train_page)
                 t0 = time.perf_counter()
                 cpu0, machine0 = cpu_by_process(server.pid), machine_cpu_s()
                 sessions = await crowd(browser, server.url, n, first_seed)
                 cpu1, machine1 = cpu_by_process(server.pid), machine_cpu_s()
-                phases.append({"name": f"crowd of {n}", "n": n, "seeds": list(range(first_seed, first_seed + n)),
+                phases.append({"name": now["name"], "n": n, "seeds": list(range(first_seed, first_seed + n)),
                                "browser": stats(s.actions[0][1] for s in sessions if s.actions),
                                "latencies_s": sorted(round(s.actions[0][1], 2) for s in sessions if s.actions),
                                "wall_s": round(time.perf_counter() - t0, 1),
@@ -269,7 +325,10 @@ async def run(args) -> dict:
                            "compute": stats(r["compute_s"] for r in rows if r["compute_s"] is not None),
                            "statuses": sorted({r["status"] for r in rows})}
         phase["solo_line_s"] = round(phase["n"] * solo_s, 2)
-    return {"phases": phases, "solo_s": solo_s, "memory": memory, "memory_peaks": peaks, "trainer": trainer,
+        phase["timeline"] = timeline(rows)
+        if phase["name"].startswith("crowd") and phase["seeds"][0] in WAIT_CPU:
+            phase["wait_cpu_s"] = WAIT_CPU[phase["seeds"][0]]
+    return {"phases": phases, "solo_s": solo_s, "trainer_alone": trainer_alone, "memory": memory, "memory_peaks": peaks, "trainer": trainer,
             "load": [load_start, os.getloadavg()]}
 
 
@@ -277,14 +336,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--crowds", type=int, nargs="+", default=[10, 8, 16, 32], help="visitors pressing Generate at once")
     parser.add_argument("--solo", type=int, default=3, help="solo runs measured first (their median is the solo time)")
+    parser.add_argument("--no-costliest", action="store_true",
+                        help="skip the phase beside the costliest request (to repeat the crowds quickly)")
     parser.add_argument("--train-preset", default="small")
     parser.add_argument("--train-steps", type=int, default=500)
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--browser-nice", type=int, default=0, help="run Chromium at this nice level: a visitor's browser "
                         "runs on their own machine, not on the Space's cores (default 0: it competes with the server)")
+    parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="more environment for the server (e.g. DDPM_SAMPLING_NICE=3), recorded in the result")
+    parser.add_argument("--repo", type=Path, default=REPO,
+                        help="the checkout whose app is served (e.g. a git worktree of an older commit, to compare)")
     parser.add_argument("--note", default="", help="what else ran on the machine")
     parser.add_argument("--out", default="crowd_check", help="name of the result files in bench/results")
     args = parser.parse_args()
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--env takes NAME=VALUE, got {item!r}")
+        SERVER_ENV[name] = value
     if find_chromium() is None:
         sys.exit("no Chromium found: apt-get install chromium")
     out = asyncio.run(run(args))
@@ -298,8 +368,9 @@ def main() -> None:
                        "browser": "one headless Chromium, one context per visitor, on the same machine",
                        "load_average_1min_start_end": [round(out["load"][0][0], 2), round(out["load"][1][0], 2)],
                        "browser_nice": args.browser_nice,
-                       "note": args.note},
+                       "note": args.note, "app": git_describe(args.repo)},
               "solo_s": round(out["solo_s"], 2),
+              "trainer_alone_cpu_s": out["trainer_alone"],
               "phases": out["phases"],
               "all_ok": all(p.get("ok", True) and not p["errors"] for p in out["phases"]),
               "trainer": {"actions": out["trainer"].actions, "errors": out["trainer"].errors},
@@ -315,6 +386,16 @@ def main() -> None:
     (RESULTS / f"{args.out}.md").write_text(markdown(report) + "\n")
     print(markdown(report))
     sys.exit(0 if report["all_ok"] else 1)
+
+
+def git_describe(repo: Path) -> str:
+    """The served checkout's commit, and "+ changes" if its files differ from it."""
+    import subprocess
+
+    def git(*a):
+        return subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + (" + changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def recommended_sampling() -> str:
@@ -347,9 +428,39 @@ def markdown(r: dict) -> str:
                      f"{line:.2f} | {b.get('median_s', 0) / line:.2f} | {b.get('max_s', 0) / line:.2f} | "
                      f"{q.get('median_s', float('nan')):.2f} / {q.get('max_s', float('nan')):.2f} | "
                      f"{c.get('median_s', float('nan')):.2f} | {p['training_points'][0]} → {p['training_points'][1]} |")
+    for n in sorted({p["n"] for p in r["phases"] if p["name"].startswith("crowd")}):
+        runs = [p for p in r["phases"] if p["name"].startswith("crowd") and p["n"] == n and p["browser"]]
+        if len(runs) > 1:
+            medians = [p["browser"]["median_s"] / p["solo_line_s"] for p in runs]
+            lasts = [p["browser"]["max_s"] / p["solo_line_s"] for p in runs]
+            lines.append(f"\nThe crowd of {n}, {len(runs)} times in this run: median / (N × solo) "
+                         + ", ".join(f"{v:.2f}" for v in medians) + f" (their median **{np.median(medians):.2f}**); "
+                         "last / (N × solo) " + ", ".join(f"{v:.2f}" for v in lasts)
+                         + f" (their median **{np.median(lasts):.2f}**).")
     lines.append("\nCPU seconds used during each crowd (opening the pages, pressing Generate, drawing the results), by "
                  "process: " + "; ".join(f"{p['name']}: " + ", ".join(f"{k} {v:.0f}" for k, v in p["cpu_s"].items())
                                         for p in r["phases"] if "cpu_s" in p) + ".")
+    if any(p.get("timeline") for p in r["phases"]):
+        names = ["click to submit", "queued", "computing", "done to drawn"]
+        lines += ["", "Where each visitor's wait went, median (max) in seconds: the page's script from the click to the "
+                  "request in line, in line, computing in a worker, and from the result to it drawn in the browser "
+                  "(the script drawing it, Chromium rendering it):", "",
+                  "| phase | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for p in r["phases"]:
+            t = p.get("timeline") or {}
+            if t and t["queued"].get("n"):
+                lines.append(f"| {p['name']} | " + " | ".join(
+                    f"{t[k]['median_s']:.2f} ({t[k]['max_s']:.2f})" for k in names) + " |")
+    alone = r.get("trainer_alone_cpu_s")
+    if alone:
+        lines.append(f"\nThe training visitor's page alone, {alone['seconds']:.0f} s before anyone else came (its live view "
+                     "redrawing the loss curve and samples), CPU seconds: " + ", ".join(
+                         f"{k} {v:.1f}" for k, v in alone.items() if k != "seconds") + ".")
+    waits = [p for p in r["phases"] if p.get("wait_cpu_s")]
+    if waits:
+        lines.append("\nCPU seconds used from the clicks to the last result drawn, by process: " + "; ".join(
+            f"{p['name']} ({p['wait_cpu_s']['wall']:.0f} s of wall time, {(os.cpu_count() or 1) * p['wait_cpu_s']['wall']:.0f} core-seconds): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in p["wait_cpu_s"].items() if k != "wall") for p in waits) + ".")
     by_phase = r["memory"].get("by_phase", {})
     if by_phase:
         lines += ["", "| phase | server memory peak: PSS (MiB) | RSS (MiB) | at the PSS peak, by process: PSS / RSS (MiB) |",

@@ -21,6 +21,7 @@ WRITERS = {"train_speed": "bench/train_speed.py", "quality": "bench/quality.py",
            "screenshots": "bench/screenshots.py", "guided_speed": "bench/guided_speed.py",
            "crowd_check": "bench/crowd_check.py", "batching_check": "bench/batching_check.py",
            "request_cost": "bench/request_cost.py", "server_memory": "bench/server_memory.py",
+           "browser_wait": "bench/browser_wait.py",
            "quiz": "-m ddpm quiz-report --db <the server's quiz.sqlite3> > bench/results/quiz.md"}
 
 

@@ -199,6 +199,8 @@ class SamplingService:
                 "seed": request.seed, "status": ticket.status, "visitors": len(ticket.visitors),
                 "queued_s": ticket.queued_s, "compute_s": ticket.compute_s, "work": ticket.work,
                 "finished_unix": time.time()}
+        # when it entered the line, on the wall clock, so a bench can line it up with the browser's click
+        line["submitted_unix"] = line["finished_unix"] - (time.monotonic() - ticket.submitted_at)
         with self._log_lock, open(self.log_path, "a") as f:
             f.write(json.dumps(line) + "\n")
 
