@@ -207,7 +207,7 @@ def test_a_job_whose_page_stopped_polling_ends_by_itself(tmp_path, tiny_images, 
         reg.shutdown()
 
 
-def test_heartbeats_keep_a_jobalive(tmp_path, tiny_images, stand_in):
+def test_heartbeats_keep_a_job_alive(tmp_path, tiny_images, stand_in):
     stand_in(steps_until_stopped)
     reg = JobRegistry(ServerLimits(heartbeat_timeout_s=1.0), root=tmp_path, device="cpu")
     try:
