@@ -32,6 +32,7 @@ import asyncio
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,19 +53,28 @@ SERVER_ENV = {"DDPM_HOSTED": "1"}
 TARGET_MIB = 2048  # the server's memory (PSS of its process tree) with 32 visitors
 SETUP = "opening and starting the training run"
 CLICKS: dict[int, tuple[float, float]] = {}  # seed -> (click, result drawn), wall clock, for the timeline
-WAIT_CPU: dict[int, dict[str, float]] = {}  # a crowd's first seed -> CPU seconds by process from the clicks to the last result
-SERVER_PID = [0]
 TRAINER_ALONE_S = 15.0  # the training visitor's page measured alone this long, before the others come
+
+
+def chromium_pids() -> list[int]:
+    """Every Chromium process running now."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"chromium" in cmdline.read_bytes().split(b"\0")[0]:
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
 
 
 def renice_browser(nice: int) -> int:
     """Lower the priority of every Chromium process (those it starts later inherit it from their parents)."""
     count = 0
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for pid in chromium_pids():
         try:
-            if b"chromium" in cmdline.read_bytes().split(b"\0")[0]:
-                os.setpriority(os.PRIO_PROCESS, int(cmdline.parent.name), nice)
-                count += 1
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+            count += 1
         except OSError:
             continue
     return count
@@ -107,8 +117,9 @@ async def training_points(page) -> int:
     return points
 
 
-async def crowd(browser, url: str, n: int, first_seed: int) -> list[Session]:
-    """N visitors on Reverse, then Generate pressed by all at once; returns their sessions (one action each)."""
+async def crowd(browser, url: str, n: int, first_seed: int, server_pid: int) -> tuple[list[Session], dict]:
+    """N visitors on Reverse, then Generate pressed by all at once; returns their sessions (one action each) and
+    the CPU seconds by process (and "wall", seconds) from the clicks to the last result."""
     contexts = [await browser.new_context(viewport=VIEWPORT) for _ in range(n)]
     pages = [await c.new_page() for c in contexts]
     for p in pages:
@@ -129,15 +140,16 @@ async def crowd(browser, url: str, n: int, first_seed: int) -> list[Session]:
         except Exception as err:  # recorded; the others go on
             s.errors.append(f"{type(err).__name__}: {str(err).splitlines()[0]}")
 
-    before = cpu_by_process(SERVER_PID[0]), browser_cpu_s(), machine_cpu_s(), time.perf_counter()
+    def now() -> dict[str, float]:
+        return {**cpu_by_process(server_pid), "Chromium": browser_cpu_s(), "whole machine": machine_cpu_s(),
+                "wall": time.perf_counter()}
+
+    before = now()
     await asyncio.gather(*(press(i) for i in range(n)))
-    after = cpu_by_process(SERVER_PID[0]), browser_cpu_s(), machine_cpu_s(), time.perf_counter()
-    WAIT_CPU[first_seed] = {**{role: round(after[0][role] - before[0].get(role, 0), 1) for role in after[0]},
-                   "Chromium": round(after[1] - before[1], 1), "whole machine": round(after[2] - before[2], 1),
-                   "wall": round(after[3] - before[3], 1)}
+    wait_cpu = cpu_between(before, now(), digits=1)
     for c in contexts:
         await c.close()
-    return sessions
+    return sessions, wait_cpu
 
 
 def server_side(log_path: Path, seeds: set[int]) -> list[dict]:
@@ -163,17 +175,28 @@ def timeline(rows: list[dict]) -> dict:
     return {name: stats(values) for name, values in parts.items()}
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid`` (None if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_by_process(root_pid: int) -> dict[str, float]:
     """CPU seconds (user + system) used so far by the server and each of its descendants, by role."""
-    ticks = os.sysconf("SC_CLK_TCK")
     used: dict[str, float] = {}
     for pid, role in roles(root_pid).items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        seconds = process_cpu_s(pid)
+        if seconds is not None:
+            used[role] = used.get(role, 0.0) + seconds
     return used
+
+
+def cpu_between(before: dict[str, float], after: dict[str, float], digits: int = 1) -> dict[str, float]:
+    """What each counter of ``after`` grew since ``before`` (a process that started meanwhile: all of it)."""
+    return {name: round(value - before.get(name, 0.0), digits) for name, value in after.items()}
 
 
 async def sample_memory(pid: int, t0: float, phase: dict, series: list, peaks: dict, stop: asyncio.Event) -> None:
@@ -197,15 +220,7 @@ async def sample_memory(pid: int, t0: float, phase: dict, series: list, peaks: d
 
 def browser_cpu_s() -> float:
     """CPU seconds (user + system) used so far by every Chromium process."""
-    total = 0
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if b"chromium" in cmdline.read_bytes().split(b"\0")[0]:
-                fields = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(seconds for seconds in map(process_cpu_s, chromium_pids()) if seconds is not None)
 
 
 def machine_cpu_s() -> float:
@@ -229,7 +244,6 @@ async def run(args) -> dict:
     ARTIFACTS.mkdir(exist_ok=True)
     server = AppServer({**SERVER_ENV, "DDPM_REQUEST_LOG": str(log_path)},
                        log_path=ARTIFACTS / "crowd_check-server.log", repo=args.repo).start()
-    SERVER_PID[0] = server.pid
     memory: list[tuple[float, float, float]] = []
     peaks: dict[str, dict] = {}
     now = {"name": SETUP}  # the phase under way, for the memory sampler
@@ -259,11 +273,10 @@ async def run(args) -> dict:
 
             # what the training visitor's page costs on its own: its live view redraws every few seconds
             await asyncio.sleep(3)
-            cpu0, browser0 = cpu_by_process(server.pid), browser_cpu_s()
+            cpu0 = {"Chromium": browser_cpu_s(), **cpu_by_process(server.pid)}
             await asyncio.sleep(TRAINER_ALONE_S)
-            cpu1, browser1 = cpu_by_process(server.pid), browser_cpu_s()
-            trainer_alone = {"seconds": TRAINER_ALONE_S, "Chromium": round(browser1 - browser0, 2),
-                             **{role: round(cpu1[role] - cpu0.get(role, 0), 2) for role in cpu1}}
+            trainer_alone = {"seconds": TRAINER_ALONE_S, **cpu_between(
+                cpu0, {"Chromium": browser_cpu_s(), **cpu_by_process(server.pid)}, digits=2)}
 
             solo_ctx = await browser.new_context(viewport=VIEWPORT)
             solo_page = await solo_ctx.new_page()
@@ -301,7 +314,7 @@ async def run(args) -> dict:
                 before = await training_points(train_page)
                 t0 = time.perf_counter()
                 cpu0, machine0 = cpu_by_process(server.pid), machine_cpu_s()
-                sessions = await crowd(browser, server.url, n, first_seed)
+                sessions, wait_cpu = await crowd(browser, server.url, n, first_seed, server.pid)
                 cpu1, machine1 = cpu_by_process(server.pid), machine_cpu_s()
                 phases.append({"name": now["name"], "n": n, "seeds": list(range(first_seed, first_seed + n)),
                                "browser": stats(s.actions[0][1] for s in sessions if s.actions),
@@ -309,8 +322,8 @@ async def run(args) -> dict:
                                "wall_s": round(time.perf_counter() - t0, 1),
                                "training_points": [before, await training_points(train_page)],
                                "errors": [e for s in sessions for e in s.errors],
-                               "cpu_s": {**{role: round(cpu1.get(role, 0) - cpu0.get(role, 0), 1) for role in cpu1},
-                                         "whole machine": round(machine1 - machine0, 1)},
+                               "cpu_s": {**cpu_between(cpu0, cpu1), "whole machine": round(machine1 - machine0, 1)},
+                               "wait_cpu_s": wait_cpu,
                                "ok": all(s.result and not s.errors for s in sessions)})
             now["name"] = "after the crowds"
             training.cancel()
@@ -326,10 +339,8 @@ async def run(args) -> dict:
                            "statuses": sorted({r["status"] for r in rows})}
         phase["solo_line_s"] = round(phase["n"] * solo_s, 2)
         phase["timeline"] = timeline(rows)
-        if phase["name"].startswith("crowd") and phase["seeds"][0] in WAIT_CPU:
-            phase["wait_cpu_s"] = WAIT_CPU[phase["seeds"][0]]
-    return {"phases": phases, "solo_s": solo_s, "trainer_alone": trainer_alone, "memory": memory, "memory_peaks": peaks, "trainer": trainer,
-            "load": [load_start, os.getloadavg()]}
+    return {"phases": phases, "solo_s": solo_s, "trainer_alone": trainer_alone, "memory": memory,
+            "memory_peaks": peaks, "trainer": trainer, "load": [load_start, os.getloadavg()]}
 
 
 def main() -> None:
@@ -344,7 +355,7 @@ def main() -> None:
     parser.add_argument("--browser-nice", type=int, default=0, help="run Chromium at this nice level: a visitor's browser "
                         "runs on their own machine, not on the Space's cores (default 0: it competes with the server)")
     parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",
-                        help="more environment for the server (e.g. DDPM_SAMPLING_NICE=3), recorded in the result")
+                        help="more environment for the server (e.g. DDPM_MAX_COMPUTE=1), recorded in the result")
     parser.add_argument("--repo", type=Path, default=REPO,
                         help="the checkout whose app is served (e.g. a git worktree of an older commit, to compare)")
     parser.add_argument("--note", default="", help="what else ran on the machine")
@@ -390,8 +401,6 @@ def main() -> None:
 
 def git_describe(repo: Path) -> str:
     """The served checkout's commit, and "+ changes" if its files differ from it."""
-    import subprocess
-
     def git(*a):
         return subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True).stdout.strip()
 
