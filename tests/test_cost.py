@@ -143,8 +143,9 @@ def test_the_budget_and_the_deadline_come_from_the_environment():
 # ---- the deadline -------------------------------------------------------------------------------------
 def test_the_deadline_is_a_generous_multiple_of_the_expected_time_within_a_floor_and_the_servers_cap():
     limits = ServerLimits(request_deadline_s=600.0)
-    expected_s = 1000e9 / (cost.CPU_GFLOPS * 1e9)
-    assert deadline_s(1000e9, limits) == pytest.approx(cost.DEADLINE_FACTOR * expected_s)
+    expected_s = 4000e9 / (cost.CPU_GFLOPS * 1e9)
+    assert cost.DEADLINE_FACTOR * expected_s > cost.DEADLINE_FLOOR_S
+    assert deadline_s(4000e9, limits) == pytest.approx(cost.DEADLINE_FACTOR * expected_s)
     assert deadline_s(0.0, limits) == cost.DEADLINE_FLOOR_S
     assert deadline_s(1e18, limits) == 600.0
     with pytest.raises(ValueError, match="finite number"):
