@@ -8,7 +8,7 @@ if __name__ == "__main__":
     from pages._style import QUIET_WHILE_RUNNING
 
     st.set_page_config(page_title="PathMNIST Diffusion Studio", page_icon="🔬", layout="wide")
-    st.html(QUIET_WHILE_RUNNING)  # no running-man icon, no progress-bar animation: see pages/_style.py
+    st.html(QUIET_WHILE_RUNNING)  # no progress-bar animation: see pages/_style.py
 
     PAGES = [
         st.Page("pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True),

@@ -5,8 +5,9 @@
 A tiny Streamlit app (written to a temporary folder) has one button; pressed, its script waits ``--seconds``
 behind a progress bar, as a visitor of the real app waits for the sampling workers. ``--tabs`` tabs of one
 headless Chromium press it at once, and the CPU-seconds every Chromium process used meanwhile are summed
-(/proc/PID/stat). Four variants: Streamlit's own style or the app's (``pages/_style.py``: no running-man
-icon, no progress-bar animation), and the bar redrawn once a second or never. The difference between
+(/proc/PID/stat). Four variants: Streamlit's own style and settings or the app's (``pages/_style.py``: no
+progress-bar animation; the app's .streamlit/config.toml: no top bar, so no running icon redrawn by a 200-ms timer),
+and the bar redrawn once a second or never. The difference between
 redrawn and never, divided by the redraws, is what one redraw costs the browser; ``WaitingBar``
 (ddpm/serving/queue.py) spends redraws by that price. The browser shares the machine's cores with the server
 here, as in bench/crowd_check.py (on a Space it runs on each visitor's machine). Stop other work first.
@@ -18,6 +19,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -57,6 +59,12 @@ async def measure(folder: Path, style: str, redraw_s: float, tabs: int, seconds:
     from playwright.async_api import async_playwright
 
     env = {"WAIT_STYLE": style, "WAIT_SECONDS": str(seconds + 4), "WAIT_REDRAW_S": str(redraw_s)}
+    config = folder / ".streamlit" / "config.toml"
+    config.parent.mkdir(exist_ok=True)
+    if style == "app":
+        shutil.copyfile(REPO / ".streamlit" / "config.toml", config)
+    else:
+        config.unlink(missing_ok=True)
     with AppServer(env, repo=folder).start() as server:
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_ARGS)

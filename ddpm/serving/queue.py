@@ -67,8 +67,8 @@ class WaitingBar:
     """What a waiting visitor's progress bar says, and when it changes.
 
     Each change is a message to the visitor's browser, which redraws the page: with ten tabs waiting in one
-    Chromium a redraw cost 42 ms of its CPU with Streamlit's animated bar, 5 ms with the app's style
-    (bench/browser_wait.py), and where the browser shares the server's cores (bench/crowd_check.py) its CPU is
+    Chromium a redraw cost about 40 ms of its CPU with Streamlit's animated bar, 5-10 ms with the app's style
+    (bench/browser_wait.py, two runs), and where the browser shares the server's cores (bench/crowd_check.py) its CPU is
     the workers' CPU. So the bar changes only when the visitor's place
     changes, when their request starts, at each quarter of its progress, and otherwise every ``heartbeat_s`` (a
     call into Streamlit is where a visitor who left or clicked again is noticed); the ETA shown is refreshed with
