@@ -34,7 +34,7 @@ CPU_GFLOPS = 40.0
 #: float for every orientation, so it runs far below a network pass (12.6-15.6 for 100 patches, the same bench)
 SCORING_GFLOPS = 10.0
 DEADLINE_FACTOR = 4.0  # a request may run 4× its expected time on one thread (other visitors share the cores)
-DEADLINE_FLOOR_S = 120.0  # small requests still get time to wait for a core: the Reverse page's 5-s trajectory, shared
+DEADLINE_FLOOR_S = 120.0  # small requests still get time to wait for a core: the Reverse page's trajectory, shared
 #: by ten visitors opening the page at once beside the browser that drew them (bench/crowd_check.py), took 16-26 s and
 #: once 30.3 s, when a 30-s floor cancelled it for all ten
 _KID_SUBSETS, _KID_SUBSET_SIZE, _HELD_OUT = 100, 1000, 2000  # as ddpm.evaluation.report / metrics use them
