@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app_server import (ARTIFACTS, CHROMIUM_ARGS, FIRST_LOAD_MS, JS_POINTS, REPO, VIEWPORT, AppServer,  # noqa: E402
                         chart_selector, find_chromium, key_selector)
-from load_check import ACTION_MS, Session, check_page, idle, open_page, run_trainer  # noqa: E402
+from load_check import ACTION_MS, Session, check_page, cpu_seconds, idle, open_page, run_trainer  # noqa: E402
 from server_memory import roles, sample  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -175,20 +175,11 @@ def timeline(rows: list[dict]) -> dict:
     return {name: stats(values) for name, values in parts.items()}
 
 
-def process_cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system) used so far by process ``pid`` (None if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cpu_by_process(root_pid: int) -> dict[str, float]:
     """CPU seconds (user + system) used so far by the server and each of its descendants, by role."""
     used: dict[str, float] = {}
     for pid, role in roles(root_pid).items():
-        seconds = process_cpu_s(pid)
+        seconds = cpu_seconds(pid)
         if seconds is not None:
             used[role] = used.get(role, 0.0) + seconds
     return used
@@ -220,7 +211,7 @@ async def sample_memory(pid: int, t0: float, phase: dict, series: list, peaks: d
 
 def browser_cpu_s() -> float:
     """CPU seconds (user + system) used so far by every Chromium process."""
-    return sum(seconds for seconds in map(process_cpu_s, chromium_pids()) if seconds is not None)
+    return sum(seconds for seconds in map(cpu_seconds, chromium_pids()) if seconds is not None)
 
 
 def machine_cpu_s() -> float:
