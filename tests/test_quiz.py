@@ -382,9 +382,10 @@ def test_the_pool_never_gives_one_visitor_the_same_patch_twice_but_shares_patche
         assert pool.draw(mine) is None  # seen them all: no repeat, and one of them makes room for a fresh one
         fresh = pool.draw(mine, timeout_s=30)
         assert fresh is not None and fresh.id > 18
-        # another visitor is shown every patch in the pool, those this one saw included (the refill that brought
-        # `fresh` may have brought a second patch of its tissue: `yours` may draw that one first)
-        in_pool = {p.id for patches in pool._ready.values() for p in patches}
+        # another visitor is shown every patch in the pool, those this one saw included, and the one this one has
+        # not seen: the refill that brought `fresh` brought a second patch with it (`yours` may draw that one first)
+        with pool._cond:
+            in_pool = {p.id for patches in pool._ready.values() for p in patches}
         theirs = {pool.draw(yours).id for _ in range(len(in_pool))}
         assert theirs == in_pool and len(theirs & mine) == len(in_pool) - 1  # all but that second one
     finally:
